@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["adjoint_mismatch", "assert_adjoint", "assert_linear", "assert_composition_adjoint"]
+__all__ = ["adjoint_mismatch", "assert_adjoint", "assert_linear", "assert_composition_adjoint",
+           "assert_pseudo_inverse"]
 
 
 def _randn(shape: Sequence[int], like: torch.Tensor | None, generator: torch.Generator,
@@ -24,7 +25,13 @@ def _randn(shape: Sequence[int], like: torch.Tensor | None, generator: torch.Gen
 
 def adjoint_mismatch(op, x_shape: Sequence[int], *, dtype: torch.dtype = torch.float64,
                      device: torch.device | str = "cpu", seed: int = 0) -> float:
-    """Relative dot-product mismatch ``|<A x, y> - <x, A^H y>| / (||A x|| ||y||)``.
+    """Relative dot-product mismatch of ``A`` and ``A_adjoint``, the larger of two probes.
+
+    1. Random ``y``: ``|<A x, y> - <x, A^H y>| / (||A x|| ||y||)``. It catches any error in
+       ``A^H``, but for random ``x, y`` it is diluted by their near-orthogonality (a 1e-4 scale
+       error in ``A^H`` shows up as ~1e-4 / sqrt(number of pixels)).
+    2. ``y = A x``: ``|<A x, A x> - <x, A^H A x>| / ||A x||^2``, which shows a scale or
+       symmetric error in ``A^H`` at its full relative size.
 
     Args:
         op: any object with ``A(x)`` and ``A_adjoint(y)`` (e.g. a deepinv ``LinearPhysics``).
@@ -44,12 +51,12 @@ def adjoint_mismatch(op, x_shape: Sequence[int], *, dtype: torch.dtype = torch.f
     Aty = op.A_adjoint(y)
     if Aty.shape != x.shape:
         raise AssertionError(f"A_adjoint returned shape {tuple(Aty.shape)}, expected {tuple(x.shape)}")
-    lhs = torch.sum(Ax * y).item()
-    rhs = torch.sum(x * Aty).item()
-    scale = (Ax.norm() * y.norm()).item()
-    if scale == 0:
+    norm_ax = Ax.norm().item()
+    if norm_ax == 0:
         raise AssertionError("A(x) is identically zero for a random x: the adjoint test is vacuous")
-    return abs(lhs - rhs) / scale
+    random_probe = abs(torch.sum(Ax * y).item() - torch.sum(x * Aty).item()) / (norm_ax * y.norm().item())
+    normal_probe = abs(norm_ax ** 2 - torch.sum(x * op.A_adjoint(Ax)).item()) / norm_ax ** 2
+    return max(random_probe, normal_probe)
 
 
 def assert_adjoint(op, x_shape: Sequence[int], *, rtol: float = 1e-6,
@@ -92,3 +99,23 @@ def assert_composition_adjoint(op_outer, op_inner, x_shape: Sequence[int], *, rt
     if not err <= rtol:
         raise AssertionError(f"composition A differs from A_outer(A_inner(x)) by {err:.3e}")
     assert_adjoint(comp, x_shape, rtol=rtol, dtype=dtype, device=device, seed=seed)
+
+
+def assert_pseudo_inverse(op, x_shape: Sequence[int], *, rtol: float = 1e-6,
+                          dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                          seed: int = 0) -> None:
+    """Assert the first Moore-Penrose condition ``A(A_dagger(A x)) == A x`` to ``rtol`` (relative).
+
+    It holds for an exact pseudo-inverse (zero-filled inpainting/MRI, SENSE, minimum-norm least
+    squares) and fails for a regularised inverse (Wiener, Tikhonov) or a wrong ``A_dagger``.
+
+    Raises:
+        AssertionError: naming the error when the condition fails.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = _randn(x_shape, None, g, dtype, device)
+    y = op.A(x)
+    err = ((op.A(op.A_dagger(y)) - y).norm() / y.norm().clamp_min(1e-30)).item()
+    if not err <= rtol:
+        raise AssertionError(f"{type(op).__name__}: A(A_dagger(A x)) differs from A x by "
+                             f"{err:.3e} > {rtol:.1e}")
