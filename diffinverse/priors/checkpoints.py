@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -64,14 +65,17 @@ def available() -> list[str]:
     return sorted(p.name[: -len(".safetensors")] for p in root.iterdir() if p.name.endswith(".safetensors"))
 
 
-def save(prior: Prior, path: str | Path, *, metadata: Mapping | None = None) -> Path:
-    """Write ``prior`` in our format (see the module docstring).
+def save(prior: Prior, path: str | Path, *, metadata: Mapping | None = None,
+         dtype: torch.dtype | None = None) -> Path:
+    """Write ``prior`` in our format (see the module docstring), atomically.
 
     Args:
         prior: a :class:`Prior` with a ``config`` attribute (its constructor keyword arguments,
             JSON-able) whose class is rebuildable by :func:`load`.
         path: destination file, conventionally ``*.safetensors``.
         metadata: JSON-able extra information (training data, steps, ...) stored alongside.
+        dtype: store floating-point tensors in this dtype (e.g. ``torch.float16`` halves a
+            shipped file); :func:`load` casts them back to the model's dtype.
 
     Returns:
         The path written.
@@ -92,8 +96,12 @@ def save(prior: Prior, path: str | Path, *, metadata: Mapping | None = None) -> 
     except TypeError as e:
         raise TypeError(f"config and metadata must be JSON-able: {e}") from None
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in prior.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     path = Path(path)
-    save_file(tensors, str(path), metadata={"config": text})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"config": text})
+    os.replace(tmp, path)
     return path
 
 
