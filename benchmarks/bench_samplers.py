@@ -1,0 +1,106 @@
+"""Sampler overhead and our DPS against deepinv's DPS, at equal steps.
+
+Overhead = wall time / (NFE x network cost per step), where the cost per step is one forward and
+backward pass for DPS (its guidance differentiates through the network) and one forward pass
+under ``torch.inference_mode`` for RED-Diff. 1.00 means the loop adds nothing to the network.
+The network is a small randomly initialised :class:`diffinverse.priors.unet.UNet` (speed does
+not depend on the weights). The operator is a random-pixel inpainting (cheap, so the ratio
+measures the sampler, not the physics).
+
+Usage:
+    python benchmarks/bench_samplers.py --size 64 --steps 10 --threads 2 [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import deepinv as dinv
+import torch
+
+from diffinverse.priors.unet import UNet
+from diffinverse.samplers.dps import DPS
+from diffinverse.samplers.reddiff import REDDiff
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--base-channels", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    prior = UNet(channels=1, base_channels=args.base_channels, channel_mult=(1, 2, 2), num_res_blocks=1,
+                 data_range=(0.0, 1.0)).to(device).eval()
+    for p in prior.parameters():
+        p.requires_grad_(False)
+    n_params = sum(p.numel() for p in prior.parameters())
+    g = torch.Generator(device=device).manual_seed(0)
+    shape = (1, 1, args.size, args.size)
+    x_true = torch.rand(shape, generator=g, device=device)
+    physics = dinv.physics.Inpainting(img_size=shape[1:], mask=0.5, device=device, rng=g)
+    y = physics(x_true)
+    sigma = 1.0
+
+    def fwd():
+        with torch.inference_mode():
+            prior(x_true, sigma)
+
+    def fwd_bwd():
+        x = x_true.clone().requires_grad_(True)
+        out = prior(x, sigma)
+        torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
+
+    dps = DPS(prior, num_steps=args.steps, zeta=1.0, progress=False)
+    red = REDDiff(prior, num_steps=args.steps, progress=False)
+    # deepinv's DPS (VP schedule, DDPM solver, its own loop) on the same network and steps
+    theirs = dinv.sampling.DPS(prior, num_steps=args.steps, device=device, dtype=torch.float32,
+                               rng=torch.Generator(device=device))
+    runs = {
+        "fwd": lambda: [fwd() for _ in range(args.steps)],
+        "fwd_bwd": lambda: [fwd_bwd() for _ in range(args.steps)],
+        "dps": lambda: dps(y, physics, generator=torch.Generator(device=device).manual_seed(0)),
+        "reddiff": lambda: red(y, physics, generator=torch.Generator(device=device).manual_seed(0)),
+        "deepinv_dps": lambda: theirs(y, physics, seed=0),
+    }
+    # interleaved repeats, minimum of each (network alone: as many calls as steps in a row):
+    # robust to other processes sharing the CPU
+    best = {k: float("inf") for k in runs}
+    for r in range(args.repeats + 1):
+        for name, fn in runs.items():
+            t = _timed(fn, device)
+            if r > 0:  # the first round is a warm-up
+                best[name] = min(best[name], t)
+    t_f, t_fb = best["fwd"] / args.steps, best["fwd_bwd"] / args.steps
+    t_dps, t_red, t_theirs = best["dps"], best["reddiff"], best["deepinv_dps"]
+    nfe_dps, nfe_red = dps.last_nfe, red.last_nfe
+
+    print(f"device={device} threads={args.threads} size={args.size} steps={args.steps} "
+          f"UNet params={n_params / 1e6:.2f}M")
+    print(f"network: forward {t_f * 1e3:.1f} ms, forward+backward {t_fb * 1e3:.1f} ms")
+    print(f"DPS (ours):      {t_dps:.3f} s, NFE {nfe_dps}, overhead {t_dps / (nfe_dps * t_fb):.3f} x (fwd+bwd)")
+    print(f"RED-Diff (ours): {t_red:.3f} s, NFE {nfe_red}, overhead {t_red / (nfe_red * t_f):.3f} x (fwd)")
+    print(f"DPS (deepinv):   {t_theirs:.3f} s, overhead {t_theirs / (args.steps * t_fb):.3f} x (fwd+bwd)")
+    print(f"speed ratio deepinv / ours at equal steps: {t_theirs / t_dps:.3f}")
+
+
+if __name__ == "__main__":
+    main()

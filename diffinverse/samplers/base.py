@@ -1,0 +1,363 @@
+"""What every diffusion sampler shares: schedule, initial state, the loop, NFE counting, batching.
+
+A sampler is configured once and then called like a deepinv reconstructor::
+
+    sampler = DPS(prior, num_steps=200, zeta=1.0)
+    x = sampler(y, physics, generator=g)                  # one posterior sample, shaped like x
+    post = sampler.posterior(y, physics, num_samples=8)   # .samples (N, B, ...), .mean, .std
+
+A subclass implements only its per-step update :meth:`DiffusionSampler.step` (and, where it
+needs them, the hooks :meth:`~DiffusionSampler.init_x`, :meth:`~DiffusionSampler.init_state`
+and :meth:`~DiffusionSampler.finalize`); this module owns the rest. The loop runs over a float64
+grid of noise levels ``sigmas`` (VE convention, decreasing, last entry 0): step ``i`` takes the
+state from ``sigmas[i]`` to ``sigmas[i + 1]``.
+
+Warm start (Come-Closer-Diffuse-Faster): with ``sigma_start`` set, the reverse diffusion begins
+at ``sigma_start`` from ``x_init + sigma_start * n`` (``x_init`` defaults to the baseline
+``physics.A_dagger(y)``, e.g. zero-filled/SENSE for MRI, FBP for CT) and runs only the part of the
+``num_steps`` grid below ``sigma_start``: fewer network evaluations, and a start that already
+contains the measured information.
+
+The state ``x`` has the shape of ``physics.A_adjoint(y)`` (for a nonlinear physics without an
+adjoint, give ``x_init`` or ``x_shape``), so a sampler works for any operator. Gradients are never
+switched off around the whole loop: each sampler enables them only where its update needs them.
+
+References:
+    Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022.
+    Chung, Sim & Ye, "Come-Closer-Diffuse-Faster: Accelerating Conditional Diffusion Models for
+    Inverse Problems through Stochastic Contraction", CVPR 2022.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from deepinv.physics import LinearPhysics
+from tqdm.auto import tqdm
+
+from diffinverse.priors.schedules import karras
+
+__all__ = ["DiffusionSampler", "Posterior", "data_fidelity_grad", "randn"]
+
+Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Samples of a posterior and their pixel-wise moments.
+
+    Attributes:
+        samples: ``(N, B, ...)``: ``N`` samples for each of the ``B`` measurements, each shaped
+            like the reconstruction ``x`` of one item.
+        mean: ``(B, ...)`` sample mean (the MMSE estimate when the samples are exact).
+        std: ``(B, ...)`` sample standard deviation (unbiased, ``N - 1`` in the denominator;
+            zeros when ``N = 1``).
+    """
+
+    samples: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def from_samples(cls, samples: torch.Tensor) -> Posterior:
+        """Build from ``samples: (N, B, ...)``."""
+        n = samples.shape[0]
+        std = samples.std(dim=0) if n > 1 else torch.zeros_like(samples[0])
+        return cls(samples=samples, mean=samples.mean(dim=0), std=std)
+
+
+def randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise of ``shape`` with ``like``'s dtype and device, drawn from ``generator``.
+
+    The noise is drawn on the generator's device (a CPU generator also serves a GPU tensor) so
+    that a seed gives the same numbers whatever the device of ``like``.
+    """
+    device = generator.device if generator is not None else like.device
+    return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
+def data_fidelity_grad(x: torch.Tensor, y: torch.Tensor, physics) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``f(x) = ||y - A(x)||^2 / 2`` per batch item, and the residual ``y - A(x)``.
+
+    For a ``LinearPhysics`` the gradient is ``A^H (A x - y)`` (no autograd through ``A``, so
+    non-differentiable backends such as ASTRA work); for any other physics it is the
+    vector-Jacobian product of ``A`` by autograd.
+
+    Args:
+        x: ``(B, ...)`` current estimate (not modified; its graph, if any, is not used).
+        y: ``(B, ...)`` measurements.
+        physics: a deepinv ``Physics``.
+
+    Returns:
+        ``(grad, residual)``: ``grad`` shaped like ``x``, ``residual`` shaped like ``y``.
+    """
+    x = x.detach()
+    if isinstance(physics, LinearPhysics):
+        residual = y - physics.A(x)
+        return -physics.A_adjoint(residual), residual
+    with torch.enable_grad():
+        x = x.requires_grad_(True)
+        residual = y - physics.A(x)
+        (grad,) = torch.autograd.grad(0.5 * residual.pow(2).sum(), x)
+    return grad, residual.detach()
+
+
+class DiffusionSampler:
+    """Base class of the diffusion samplers: schedule, initial state, loop, NFE count, batching.
+
+    Args:
+        prior: the denoiser ``D(x, sigma) = E[x0 | x0 + sigma n = x]`` (a
+            :class:`~diffinverse.priors.base.Prior` or any deepinv ``Denoiser`` with ``sigma_min``
+            / ``sigma_max`` given here).
+        num_steps: number of steps of the full (cold-start) grid.
+        schedule: either a callable ``schedule(num_steps, sigma_min, sigma_max)`` returning a
+            decreasing grid ending in 0 (default :func:`~diffinverse.priors.schedules.karras`), or
+            an explicit 1-D tensor of noise levels (decreasing, last entry 0; ``num_steps`` is then
+            ignored). Kept in float64.
+        sigma_min, sigma_max: range of the grid, default ``prior.sigma_min`` / ``prior.sigma_max``.
+        sigma_start: default warm-start level (``None``: cold start from pure noise at
+            ``sigma_max``); a value passed to the call overrides it.
+        progress: show a tqdm progress bar.
+        callback: called after every step as ``callback(i, sigma, x, x0_hat)`` with the step
+            index, the step's starting noise level (a float), the new state and the step's
+            denoised estimate. Tensors are passed as they are: clone them to keep them.
+        autocast: run the network under bf16 autocast (worthwhile on recent GPUs); its output is
+            cast back to the state's dtype.
+
+    Attributes:
+        last_nfe: number of network evaluations of the last call (one evaluation = one call of
+            the prior on the whole current batch, however many images it holds).
+    """
+
+    def __init__(self, prior, *, num_steps: int = 100,
+                 schedule: Callable[..., torch.Tensor] | torch.Tensor = karras,
+                 sigma_min: float | None = None, sigma_max: float | None = None,
+                 sigma_start: float | None = None, progress: bool = True,
+                 callback: Callback | None = None, autocast: bool = False):
+        if not callable(prior):
+            raise TypeError(f"prior must be a denoiser callable as prior(x, sigma), got {type(prior).__name__}")
+        self.prior = prior
+        self.sigma_min = float(sigma_min if sigma_min is not None else prior.sigma_min)
+        self.sigma_max = float(sigma_max if sigma_max is not None else prior.sigma_max)
+        if isinstance(schedule, torch.Tensor):
+            self.sigmas = _check_grid(schedule)
+        elif callable(schedule):
+            self.sigmas = _check_grid(schedule(num_steps, self.sigma_min, self.sigma_max))
+        else:
+            raise TypeError(f"schedule must be a callable or a tensor of sigmas, got {type(schedule).__name__}")
+        self.sigma_start = sigma_start
+        self.progress = progress
+        self.callback = callback
+        self.autocast = autocast
+        self.last_nfe = 0
+        self._nfe = 0
+
+    # -- what subclasses implement ---------------------------------------------------------
+
+    def step(self, x: torch.Tensor, sigma: float, sigma_next: float, y: torch.Tensor, physics,
+             generator: torch.Generator | None, state: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update from noise level ``sigma`` to ``sigma_next``; returns ``(x_next, x0_hat)``."""
+        raise NotImplementedError
+
+    def init_x(self, y: torch.Tensor, physics, x_init: torch.Tensor | None, sigma0: float, warm: bool,
+               generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+        """Initial state at ``sigma0``.
+
+        Cold start: ``sigma0 * n``. Warm start: ``x_init + sigma0 * n`` (Come-Closer-Diffuse-Faster).
+
+        Args:
+            y, physics: the measurements and their forward model.
+            x_init: the warm-start image (set whenever ``warm``; may be set by the caller otherwise).
+            sigma0: first noise level of the grid.
+            warm: whether this is a warm start.
+            generator: source of the noise.
+            like: a tensor with the state's shape, dtype and device.
+        """
+        if x_init is not None and not warm:
+            raise ValueError("x_init is a warm start: give sigma_start too (the noise level to start from)")
+        noise = sigma0 * randn(like.shape, like, generator)
+        return noise if x_init is None else x_init + noise
+
+    def init_state(self, x: torch.Tensor, y: torch.Tensor, physics) -> Any:
+        """Per-run state handed to every :meth:`step` (default ``None``)."""
+        return None
+
+    def finalize(self, x: torch.Tensor, state: Any) -> torch.Tensor:
+        """Map the last state to the returned reconstruction (default: unchanged)."""
+        return x
+
+    # -- shared machinery ------------------------------------------------------------------
+
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The prior's Tweedie mean ``D(x, sigma)``, counted as one network evaluation."""
+        self._nfe += 1
+        if not self.autocast:
+            return self.prior(x, sigma)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.prior(x, sigma).to(x.dtype)
+
+    def schedule_for(self, sigma_start: float | None) -> torch.Tensor:
+        """The float64 grid of a run: the full grid, or its part below ``sigma_start`` (warm start).
+
+        Raises:
+            ValueError: if ``sigma_start`` is not in ``(0, sigmas[0]]``.
+        """
+        if sigma_start is None:
+            return self.sigmas
+        top = float(self.sigmas[0])
+        if not (math.isfinite(sigma_start) and 0 < sigma_start <= top):
+            raise ValueError(f"sigma_start must be in (0, {top:g}] (the grid's largest sigma), got {sigma_start}")
+        below = self.sigmas[self.sigmas < sigma_start]
+        return torch.cat([self.sigmas.new_tensor([sigma_start]), below])
+
+    def __call__(self, y: torch.Tensor, physics, *, generator: torch.Generator | None = None,
+                 x_init: torch.Tensor | None = None, sigma_start: float | None = None,
+                 x_shape: Sequence[int] | None = None) -> torch.Tensor:
+        """Reconstruct: one sample per measurement.
+
+        Args:
+            y: measurements ``(B, ...)``, as returned by ``physics(x)``.
+            physics: any deepinv ``Physics`` mapping ``x`` to ``y``.
+            generator: source of all randomness; ``None`` draws a fresh seed (the global RNG is
+                never used). The same seed on the same device gives the same result.
+            x_init: warm-start image, shaped like ``x``; default ``physics.A_dagger(y)``.
+            sigma_start: warm-start noise level; default the one given at construction
+                (``None``: cold start).
+            x_shape: shape of ``x``, needed only for a nonlinear physics without ``A_adjoint``
+                when ``x_init`` is not given.
+
+        Returns:
+            The reconstruction, shaped like ``x`` (e.g. ``physics.A_adjoint(y)``).
+        """
+        sigma_start = self.sigma_start if sigma_start is None else sigma_start
+        sigmas = self.schedule_for(sigma_start)
+        generator = generator if generator is not None else _fresh_generator(y.device)
+        warm = sigma_start is not None
+        if warm and x_init is None:
+            x_init = physics.A_dagger(y).detach()
+        like = _state_like(y, physics, x_init, x_shape)
+        self._nfe = 0
+        x = self.init_x(y, physics, x_init, float(sigmas[0]), warm, generator, like)
+        state = self.init_state(x, y, physics)
+        for i in tqdm(range(len(sigmas) - 1), disable=not self.progress, desc=type(self).__name__):
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            x, x0_hat = self.step(x, sigma, sigma_next, y, physics, generator, state)
+            if self.callback is not None:
+                self.callback(i, sigma, x, x0_hat)
+        self.last_nfe = self._nfe
+        return self.finalize(x, state)
+
+    def posterior(self, y: torch.Tensor, physics, *, num_samples: int,
+                  generator: torch.Generator | None = None, max_batch: int | None = None,
+                  x_init: torch.Tensor | None = None, sigma_start: float | None = None,
+                  x_shape: Sequence[int] | None = None,
+                  physics_for_batch: Callable[[Any, int], Any] | None = None) -> Posterior:
+        """Draw ``num_samples`` samples per measurement, batched through the network together.
+
+        The ``B`` measurements are repeated sample-major (row ``s * B + b`` of a chunk is sample
+        ``s`` of item ``b``) and run as one batch of up to ``max_batch`` images per network call;
+        chunks run one after the other from the same generator. The samples are therefore
+        distributed exactly as ``num_samples`` separate calls (not bit-identical to them).
+
+        The physics is applied to the enlarged batch. This works unchanged for operators whose
+        parameters are shared by the whole batch (one mask ``(H, W)``, one coil-map set, CT,
+        blur kernels) and for ``B = 1`` with any operator whose per-item parameters broadcast.
+        For per-item parameters and ``B > 1`` (masks ``(B, H, W)``, per-slice coil maps), pass
+        ``physics_for_batch(physics, n)`` returning the operator for ``n`` stacked copies of the
+        batch (e.g. ``lambda p, n: p.with_mask(p.mask.repeat(n, 1, 1))``).
+
+        Args:
+            y: measurements ``(B, ...)``.
+            physics: the forward model of ``y``.
+            num_samples: ``N >= 1`` samples per measurement.
+            generator: source of all randomness (``None``: a fresh seed).
+            max_batch: most images per network call (memory budget); default all ``N * B``
+                at once. A chunk always holds at least one sample of every item.
+            x_init, sigma_start, x_shape: as in :meth:`__call__` (``x_init`` is ``(B, ...)``).
+            physics_for_batch: see above; ``None`` uses ``physics`` as it is.
+
+        Returns:
+            :class:`Posterior` with ``samples (N, B, ...)``, ``mean`` and ``std`` ``(B, ...)``.
+            ``last_nfe`` is then the total number of network calls over all chunks.
+
+        Raises:
+            ValueError: if the physics does not accept the enlarged batch.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        generator = generator if generator is not None else _fresh_generator(y.device)
+        b = y.shape[0]
+        per_chunk = num_samples if max_batch is None else max(1, min(num_samples, max_batch // b))
+        sigma_start = self.sigma_start if sigma_start is None else sigma_start
+        if sigma_start is not None and x_init is None:
+            x_init = physics.A_dagger(y).detach()
+        like = _state_like(y, physics, x_init, x_shape)
+        chunks, total_nfe = [], 0
+        for start in range(0, num_samples, per_chunk):
+            n = min(per_chunk, num_samples - start)
+            phys_n = physics if physics_for_batch is None else physics_for_batch(physics, n)
+            y_n = _repeat(y, n)
+            _check_batch_physics(phys_n, y_n, like, n)
+            x = self(y_n, phys_n, generator=generator, sigma_start=sigma_start,
+                     x_init=None if x_init is None else _repeat(x_init, n),
+                     x_shape=(n * b, *like.shape[1:]))
+            chunks.append(x.detach().reshape(n, b, *x.shape[1:]))
+            total_nfe += self.last_nfe
+        self.last_nfe = total_nfe
+        return Posterior.from_samples(torch.cat(chunks))
+
+
+def _check_grid(sigmas: torch.Tensor) -> torch.Tensor:
+    sigmas = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64)
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"a sigma grid must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+    if not torch.isfinite(sigmas).all() or sigmas[-1] != 0 or (sigmas[:-1] <= 0).any():
+        raise ValueError("a sigma grid must be finite and positive, with a final 0")
+    if (sigmas[1:] >= sigmas[:-1]).any():
+        raise ValueError("a sigma grid must be strictly decreasing")
+    return sigmas
+
+
+def _fresh_generator(device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.seed()  # non-deterministic seed from the OS; the global RNG is untouched
+    return g
+
+
+def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.repeat(n, *([1] * (t.ndim - 1)))
+
+
+def _state_like(y: torch.Tensor, physics, x_init: torch.Tensor | None,
+                x_shape: Sequence[int] | None) -> torch.Tensor:
+    """An (uninitialised) tensor with the state's shape, dtype and device."""
+    if x_init is not None:
+        if x_init.shape[0] != y.shape[0]:
+            raise ValueError(f"x_init has batch size {x_init.shape[0]}, y has {y.shape[0]}")
+        return torch.empty_like(x_init)
+    if x_shape is not None:
+        return torch.empty(tuple(x_shape), dtype=y.dtype if y.is_floating_point() else torch.float32,
+                           device=y.device)
+    if not hasattr(physics, "A_adjoint"):
+        raise ValueError(f"{type(physics).__name__} has no A_adjoint: give x_init or x_shape")
+    with torch.no_grad():
+        return torch.empty_like(physics.A_adjoint(y))
+
+
+def _check_batch_physics(physics, y_n: torch.Tensor, like: torch.Tensor, n: int) -> None:
+    x = torch.zeros(n * like.shape[0], *like.shape[1:], dtype=like.dtype, device=like.device)
+    try:
+        with torch.no_grad():
+            shape = tuple(physics.A(x).shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"the physics does not accept a batch of {n} stacked copies of the {like.shape[0]} items "
+            f"(per-item parameters?): pass physics_for_batch to posterior()") from err
+    if shape != tuple(y_n.shape):
+        raise ValueError(f"on {n} stacked copies the physics returns shape {shape}, expected "
+                         f"{tuple(y_n.shape)}: pass physics_for_batch to posterior()")

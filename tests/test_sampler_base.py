@@ -1,0 +1,278 @@
+"""The shared sampler machinery: schedule, warm start, NFE count, callback, determinism, batching."""
+from __future__ import annotations
+
+import math
+
+import deepinv as dinv
+import pytest
+import torch
+
+from diffinverse.priors.gmm import GaussianMixturePrior
+from diffinverse.priors.schedules import karras, ve_geometric
+from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad
+from diffinverse.samplers.dps import DPS
+from diffinverse.samplers.reddiff import REDDiff
+
+SHAPE = (1, 4, 4)
+NOISE = 0.1
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return GaussianMixturePrior.random(2, SHAPE, generator=torch.Generator().manual_seed(0),
+                                       std_range=(0.1, 0.5), sigma_max=20.0)
+
+
+def _mask(batch=None):
+    mask = torch.zeros(SHAPE if batch is None else (batch, *SHAPE))
+    mask[..., ::2, :] = 1.0
+    return mask
+
+
+@pytest.fixture(scope="module")
+def problem(prior):
+    physics = dinv.physics.Inpainting(img_size=SHAPE, mask=_mask())
+    g = torch.Generator().manual_seed(1)
+    x0 = prior.sample(2, generator=g)
+    y = physics.A(x0) + NOISE * torch.randn(x0.shape, generator=g) * _mask()
+    return physics, x0, y
+
+
+SAMPLERS = {
+    "dps": lambda p, **kw: DPS(p, zeta=0.3, progress=False, **kw),
+    "reddiff": lambda p, **kw: REDDiff(p, lr=0.05, progress=False, **kw),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_same_seed_bit_identical_and_global_rng_untouched(name, prior, problem):
+    physics, _, y = problem
+    sampler = SAMPLERS[name](prior, num_steps=20)
+    state = torch.get_rng_state()
+    a = sampler(y, physics, generator=torch.Generator().manual_seed(3))
+    b = sampler(y, physics, generator=torch.Generator().manual_seed(3))
+    c = sampler(y, physics, generator=torch.Generator().manual_seed(4))
+    sampler(y, physics)  # no generator: a fresh seed, still not the global RNG
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_nfe_counts_network_calls(name, prior, problem):
+    physics, _, y = problem
+    calls = []
+
+    class Counting(torch.nn.Module):
+        sigma_min, sigma_max = prior.sigma_min, prior.sigma_max
+        data_range = prior.data_range
+
+        def forward(self, x, sigma):
+            calls.append(x.shape[0])
+            return prior(x, sigma)
+
+    sampler = SAMPLERS[name](Counting(), num_steps=17)
+    sampler(y, physics, generator=torch.Generator().manual_seed(0))
+    assert sampler.last_nfe == len(calls) == 17
+    calls.clear()
+    sampler.posterior(y, physics, num_samples=5, max_batch=4, generator=torch.Generator().manual_seed(0))
+    # max_batch = 4 images with B = 2 items: chunks of 2, 2 and 1 samples
+    assert calls == [4] * 17 + [4] * 17 + [2] * 17
+    assert sampler.last_nfe == 3 * 17
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_warm_start_starts_at_sigma_start_with_fewer_nfe(name, prior, problem):
+    physics, x0, y = problem
+    seen = []
+    sampler = SAMPLERS[name](prior, num_steps=40, callback=lambda i, s, x, x0_hat: seen.append((i, s)))
+    sampler(y, physics, generator=torch.Generator().manual_seed(0))
+    cold_nfe, cold_first = sampler.last_nfe, seen[0]
+    seen.clear()
+    sampler(y, physics, generator=torch.Generator().manual_seed(0), sigma_start=0.5)
+    assert cold_first == (0, pytest.approx(20.0))
+    assert seen[0] == (0, 0.5)
+    expected = int((karras(40, prior.sigma_min, 20.0) < 0.5).sum())  # 0.5, then the grid below it
+    assert sampler.last_nfe == len(seen) == expected < cold_nfe
+    assert all(s < 0.5 for _, s in seen[1:])
+    # a sigma_start given at construction is the default
+    seen.clear()
+    SAMPLERS[name](prior, num_steps=40, sigma_start=0.5,
+                   callback=lambda i, s, x, x0_hat: seen.append((i, s)))(y, physics)
+    assert seen[0] == (0, 0.5)
+
+
+def test_warm_start_uses_x_init(prior, problem):
+    """Starting at a tiny sigma from the truth, DPS stays at the truth; from A_dagger(y) it does not."""
+    physics, x0, y = problem
+    sampler = DPS(prior, num_steps=40, zeta=0.0, progress=False)
+    g = torch.Generator().manual_seed(0)
+    x = sampler(y, physics, generator=g, x_init=x0, sigma_start=1e-3)
+    assert (x - x0).abs().max().item() < 1e-2
+    x = sampler(y, physics, generator=g, sigma_start=1e-3)  # default x_init = A_dagger(y)
+    assert (x - physics.A_dagger(y)).abs().max().item() < 1e-2
+
+
+def test_warm_start_errors(prior, problem):
+    physics, x0, y = problem
+    sampler = DPS(prior, num_steps=10, progress=False)
+    with pytest.raises(ValueError, match="give sigma_start"):
+        sampler(y, physics, x_init=x0)
+    with pytest.raises(ValueError, match=r"sigma_start must be in \(0, 20\]"):
+        sampler(y, physics, sigma_start=25.0)
+    with pytest.raises(ValueError, match="batch size"):
+        sampler(y, physics, x_init=x0[:1], sigma_start=0.5)
+    # RED-Diff's x_init is its starting mu: allowed without a warm start
+    out = REDDiff(prior, num_steps=3, progress=False)(y, physics, x_init=x0)
+    assert out.shape == x0.shape
+
+
+def test_posterior_batched_agrees_with_sequential(prior, problem):
+    """posterior() in one batch vs one sample at a time (max_batch=1 is N sequential runs):
+    same shapes, the item order is kept, and the moments agree statistically."""
+    physics, _, y = problem
+    sampler = DPS(prior, num_steps=20, zeta=0.3, progress=False)
+    batched = sampler.posterior(y, physics, num_samples=400, generator=torch.Generator().manual_seed(5))
+    seq = sampler.posterior(y[:1], physics, num_samples=50, max_batch=1,
+                            generator=torch.Generator().manual_seed(6))
+    assert batched.samples.shape == (400, 2, *SHAPE)
+    assert batched.mean.shape == batched.std.shape == (2, *SHAPE)
+    assert seq.samples.shape == (50, 1, *SHAPE)
+    assert torch.equal(batched.mean, batched.samples.mean(0))
+    # item 0 of the batched run against the sequential runs on item 0 alone
+    se = torch.sqrt(batched.std[0] ** 2 / 400 + seq.std[0] ** 2 / 50)
+    assert ((batched.mean[0] - seq.mean[0]).abs() <= 4 * se + 1e-3).all()
+    ratio = (seq.std[0].norm() / batched.std[0].norm()).item()  # 16 pixels pooled, 50 samples
+    assert 0.75 <= ratio <= 1.33, ratio
+    # item order: each item's samples fit its own measurement, not the other's
+    for b in range(2):
+        own = (physics.A(batched.mean[b:b + 1]) - y[b]).norm()
+        other = (physics.A(batched.mean[b:b + 1]) - y[1 - b]).norm()
+        assert own < 0.5 * other
+
+
+def test_posterior_per_item_physics(prior):
+    """A physics with per-item masks needs physics_for_batch; the error says so."""
+    masks = _mask(2)
+    masks[1, :, ::2, :] = 0
+    masks[1, :, 1::2, :] = 1
+    physics = dinv.physics.Inpainting(img_size=SHAPE, mask=masks)
+    x0 = prior.sample(2, generator=torch.Generator().manual_seed(0))
+    y = physics.A(x0)
+    sampler = REDDiff(prior, num_steps=5, progress=False)
+    with pytest.raises(ValueError, match="physics_for_batch"):
+        sampler.posterior(y, physics, num_samples=3)
+
+    def for_batch(p, n):
+        return dinv.physics.Inpainting(img_size=SHAPE, mask=p.mask.repeat(n, 1, 1, 1))
+
+    post = sampler.posterior(y, physics, num_samples=3, physics_for_batch=for_batch)
+    assert post.samples.shape == (3, 2, *SHAPE)
+    # each item keeps its measured pixels close to its own y
+    assert ((physics.A(post.samples[0]) - y).abs().max() < 0.5)
+
+
+def test_posterior_dataclass():
+    s = torch.arange(12.0).reshape(3, 2, 2)
+    p = Posterior.from_samples(s)
+    assert torch.equal(p.mean, s.mean(0)) and torch.equal(p.std, s.std(0))
+    assert torch.equal(Posterior.from_samples(s[:1]).std, torch.zeros(2, 2))
+
+
+def test_schedule_options(prior):
+    grid = torch.tensor([3.0, 1.0, 0.1, 0.0], dtype=torch.float64)
+    sampler = DPS(prior, schedule=grid, progress=False)
+    assert sampler.sigmas.dtype == torch.float64 and torch.equal(sampler.sigmas, grid)
+    assert torch.equal(sampler.schedule_for(0.5), torch.tensor([0.5, 0.1, 0.0], dtype=torch.float64))
+    geo = DPS(prior, num_steps=7, schedule=ve_geometric, sigma_max=5.0, progress=False)
+    assert torch.allclose(geo.sigmas, ve_geometric(7, prior.sigma_min, 5.0))
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        DPS(prior, schedule=torch.tensor([1.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="final 0"):
+        DPS(prior, schedule=torch.tensor([2.0, 1.0]))
+    with pytest.raises(TypeError, match="schedule must be"):
+        DPS(prior, schedule="karras")
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        REDDiff(prior, weighting="log")
+    with pytest.raises(ValueError, match="num_samples"):
+        DPS(prior, progress=False).posterior(torch.zeros(1, *SHAPE), dinv.physics.Denoising(), num_samples=0)
+
+
+def test_dps_refuses_inference_mode(prior, problem):
+    physics, _, y = problem
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        DPS(prior, num_steps=3, progress=False)(y, physics)
+    # under no_grad it still works: gradients are enabled where the guidance needs them
+    with torch.no_grad():
+        x = DPS(prior, num_steps=3, zeta=0.3, progress=False)(y, physics, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+
+
+def test_data_fidelity_grad_linear_equals_autograd():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 16, generator=g, dtype=torch.float64)
+
+    def a(x):
+        return x.flatten(1) @ m.T
+
+    linear = dinv.physics.LinearPhysics(A=a, A_adjoint=lambda y: (y @ m).reshape(-1, *SHAPE))
+    generic = dinv.physics.Physics(A=a)
+    x = torch.randn(3, *SHAPE, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    g1, r1 = data_fidelity_grad(x, y, linear)
+    g2, r2 = data_fidelity_grad(x, y, generic)
+    assert torch.allclose(g1, g2) and torch.allclose(r1, r2)
+    assert torch.allclose(g1, ((a(x) - y) @ m).reshape(x.shape))
+
+
+def test_dps_linear_and_generic_physics_agree(prior, problem):
+    """The same operator as LinearPhysics (adjoint) and as plain Physics (autograd): same sampler."""
+    physics, _, y = problem
+    generic = dinv.physics.Physics(A=physics.A)
+    sampler = DPS(prior, num_steps=20, zeta=0.3, progress=False)
+    a = sampler(y, physics, generator=torch.Generator().manual_seed(0))
+    b = sampler(y, generic, generator=torch.Generator().manual_seed(0), x_shape=y.shape)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_base_step_is_abstract(prior, problem):
+    physics, _, y = problem
+    with pytest.raises(NotImplementedError):
+        DiffusionSampler(prior, num_steps=2, progress=False)(y, physics)
+
+
+def test_reddiff_weightings_differ_and_stay_finite(prior, problem):
+    physics, _, y = problem
+    outs = {w: REDDiff(prior, num_steps=20, weighting=w, progress=False)(
+        y, physics, generator=torch.Generator().manual_seed(0)) for w in ("linear", "sqrt", "square", "const")}
+    assert all(torch.isfinite(o).all() for o in outs.values())
+    assert not torch.equal(outs["linear"], outs["const"])
+    assert not math.isclose((outs["sqrt"] - outs["square"]).abs().max().item(), 0.0)
+
+
+def test_autocast_runs_the_network_in_bf16():
+    seen = []
+
+    class Conv(torch.nn.Module):
+        sigma_min, sigma_max, data_range = 0.01, 5.0, (-1.0, 1.0)
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, sigma):
+            out = self.conv(x)
+            seen.append(out.dtype)
+            return out
+
+    net = Conv()
+    physics = dinv.physics.Inpainting(img_size=SHAPE, mask=_mask())
+    y = physics.A(torch.ones(1, *SHAPE))
+    outs = {}
+    for flag in (False, True):
+        seen.clear()
+        outs[flag] = REDDiff(net, num_steps=5, autocast=flag, progress=False)(
+            y, physics, generator=torch.Generator().manual_seed(0))
+        assert set(seen) == {torch.bfloat16 if flag else torch.float32}
+    assert outs[True].dtype == torch.float32
+    assert torch.allclose(outs[True], outs[False], atol=0.05) and not torch.equal(outs[True], outs[False])
