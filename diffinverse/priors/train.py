@@ -362,19 +362,20 @@ def train(prior: Prior, data: DataSource, *, steps: int, out_dir: str | os.PathL
 
 
 class _Phantoms:
-    """Random-ellipse CT phantoms generated at ``size`` on ``device``, then randomly cropped to ``crop``."""
+    """Synthetic CT slices (:mod:`diffinverse.datasets.ct_slices`) generated at ``size`` on
+    ``device``, then randomly cropped to ``crop``."""
 
     def __init__(self, size: int, crop: int | None, device: str = "cpu"):
         self.size, self.crop, self.device = size, crop, torch.device(device)
 
     def sample(self, n: int, *, generator: torch.Generator) -> torch.Tensor:
         from diffinverse.datasets.images import random_crop
-        from diffinverse.datasets.phantoms import random_ellipses
+        from diffinverse.datasets.ct_slices import synthetic_ct_slices
 
         g = generator
         if self.device.type != "cpu":  # a device generator seeded from the CPU one keeps runs reproducible
             g = torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        x = random_ellipses(n, self.size, generator=g)
+        x = synthetic_ct_slices(n, self.size, generator=g)
         return x if self.crop is None or self.crop >= self.size else random_crop(x, self.crop, generator=generator)
 
 

@@ -1,0 +1,344 @@
+"""End-to-end tests of ``diffinverse-reconstruct`` through ``main(argv)`` on small generated files."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from diffinverse import reconstruct
+from diffinverse.reconstruct import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- independent numpy implementations (fastMRI's definitions) ------------------------------
+def fft2c(x):
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def ifft2c(k):
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def crop(x, shape):
+    h, w = shape
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top:top + h, left:left + w]
+
+
+def fastmri_metrics(gt, pred):
+    g, p = gt.astype(np.float64), pred.astype(np.float64)
+    return {"nmse": np.sum((g - p) ** 2) / np.sum(g**2),
+            "psnr": peak_signal_noise_ratio(g, p, data_range=g.max()),
+            "ssim": np.mean([structural_similarity(g[s], p[s], data_range=g.max()) for s in range(g.shape[0])])}
+
+
+def make_file(path, *, coils=0, slices=2, shape=(26, 15), recon=(13, 11), targets=("reconstruction_rss",),
+              mask=None, header=True, seed=0, scale=1e-4):
+    """A fastMRI-layout file of smooth blobs; readout oversampled when shape[0] > recon[0].
+
+    coils=0 makes a single-coil file. Returns (full k-space, mask-applied k-space as stored).
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    img = np.zeros((slices, h, w), complex)
+    for s in range(slices):
+        for _ in range(4):
+            cy, cx = rng.uniform(-0.3, 0.3) * recon[0] / h, rng.uniform(-0.4, 0.4)
+            img[s] += rng.uniform(0.5, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.12**2))
+        img[s] *= np.exp(1j * (0.5 * xx + 0.3 * yy))
+    if coils:
+        ang = 2 * np.pi * np.arange(coils) / coils
+        maps = np.stack([np.exp(-((yy - 0.8 * np.sin(a)) ** 2 + (xx - 0.8 * np.cos(a)) ** 2) / 1.5) * np.exp(1j * a)
+                         for a in ang])
+        maps /= np.sqrt((np.abs(maps) ** 2).sum(0))
+        k = fft2c(maps[None] * img[:, None])
+    else:
+        k = fft2c(img)
+    k = (scale * (k + 1e-4 * (rng.normal(size=k.shape) + 1j * rng.normal(size=k.shape)))).astype(np.complex64)
+    coil_imgs = ifft2c(k.astype(np.complex128))
+    ref = {"reconstruction_rss": crop(np.sqrt((np.abs(coil_imgs) ** 2).sum(1)) if coils else np.abs(coil_imgs), recon),
+           "reconstruction_esc": crop(np.abs(coil_imgs if not coils else coil_imgs[:, 0]), recon)}
+    stored = k if mask is None else (k * mask).astype(np.complex64)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=stored)
+        for key in targets:
+            f.create_dataset(key, data=ref[key].astype(np.float32))
+        if mask is not None:
+            f.create_dataset("mask", data=mask.astype(bool))
+        if header:
+            f.create_dataset("ismrmrd_header", data=(
+                f'<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
+                f"<encodedSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize></encodedSpace>"
+                f"<reconSpace><matrixSize><x>{recon[0]}</x><y>{recon[1]}</y><z>1</z></matrixSize>"
+                f"<fieldOfView_mm><x>{2 * recon[0]}</x><y>{3 * recon[1]}</y><z>4</z></fieldOfView_mm></reconSpace>"
+                f"</encoding></ismrmrdHeader>").encode())
+        f.attrs["acquisition"] = "TEST"
+    return k, stored
+
+
+def read_h5(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+def check_metrics(record, out_dir, name, targets, methods):
+    rec = read_h5(out_dir / f"{name}.h5")["reconstruction"]
+    for key, t in targets.items():
+        assert set(record["metrics"][key]) == set(methods)
+        ref = fastmri_metrics(t, rec)
+        for m, v in ref.items():
+            assert record["metrics"][key][methods[0]][m] == pytest.approx(v, rel=1e-6, abs=1e-9), (key, m)
+
+
+# --- tests ------------------------------------------------------------------------------------
+def test_single_coil_file_mask_zero_filled_all_formats(tmp_path, capsys):
+    w = 15
+    mask = np.zeros(w, bool)
+    mask[[0, 3, 6, 7, 8, 11]] = True
+    make_file(tmp_path / "sc.h5", slices=3, shape=(26, w), recon=(13, 11), mask=mask,
+              targets=("reconstruction_rss", "reconstruction_esc"))
+    out = tmp_path / "out"
+    rc = main([str(tmp_path / "sc.h5"), "--sampler", "zero-filled", "--output", str(out),
+               "--format", "h5", "nifti", "png"])
+    assert rc == 0
+    h5 = read_h5(out / "sc.h5")
+    assert set(h5) == {"reconstruction"} and h5["reconstruction"].dtype == np.float32
+    assert h5["reconstruction"].shape == (3, 13, 11)
+    with h5py.File(tmp_path / "sc.h5", "r") as f:
+        stored, rss, esc = f["kspace"][()], f["reconstruction_rss"][()], f["reconstruction_esc"][()]
+    # the file's own mask is used: zero-filled of the stored (undersampled) k-space, then cropped
+    expected = crop(np.abs(ifft2c(stored.astype(np.complex128))), (13, 11))
+    np.testing.assert_allclose(h5["reconstruction"], expected, rtol=1e-4, atol=1e-6 * expected.max())
+    record = json.loads((out / "metrics.json").read_text())["files"]["sc"]
+    assert record["mask"].startswith("file mask")
+    check_metrics(record, out, "sc", {"reconstruction_rss": rss, "reconstruction_esc": esc}, ["zero-filled"])
+    img = nib.load(out / "sc.nii.gz")
+    assert img.shape == (13, 11, 3)
+    np.testing.assert_allclose(np.diag(img.affine), [2.0, 3.0, 4.0, 1.0])
+    np.testing.assert_allclose(np.asarray(img.dataobj)[:, :, 1], h5["reconstruction"][1], rtol=1e-6)
+    assert (out / "sc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "reconstruction_esc" in table and "zero-filled" in table and "1 reconstructed" in table
+
+
+def test_multicoil_full_sampling_recovers_reference(tmp_path):
+    # readout oversampled 40 -> 20 rows, 24 -> 20 columns; full sampling: zero-filled RSS equals the
+    # reference exactly, and SENSE with ESPIRiT maps nearly (Tikhonov 0.01 shrinks it by ~1 %, and
+    # ESPIRiT's eigenvalue crop zeroes the maps at the faintest background pixels)
+    make_file(tmp_path / "mc.h5", coils=4, slices=2, shape=(40, 24), recon=(20, 20))
+    out = tmp_path / "out"
+    rc = main([str(tmp_path / "mc.h5"), "--sampler", "sense", "--acceleration", "1", "--center-fraction", "1",
+               "--output", str(out)])
+    assert rc == 0
+    record = json.loads((out / "mc.metrics.json").read_text())
+    m = record["metrics"]["reconstruction_rss"]
+    assert list(m) == ["sense", "zero-filled"]
+    assert m["zero-filled"]["nmse"] < 1e-10
+    assert m["sense"]["nmse"] < 3e-3
+    assert read_h5(out / "mc.h5")["reconstruction"].shape == (2, 20, 20)
+
+
+def test_multicoil_retrospective_mask_metrics(tmp_path):
+    make_file(tmp_path / "odd.h5", coils=3, slices=2, shape=(33, 31), recon=(17, 21), seed=3)
+    out = tmp_path / "out"
+    rc = main([str(tmp_path / "odd.h5"), "--sampler", "sense", "--mask", "equispaced", "--acceleration", "2",
+               "--center-fraction", "0.4", "--slices", "1:", "--output", str(out)])
+    assert rc == 0
+    with h5py.File(tmp_path / "odd.h5", "r") as f:
+        rss = f["reconstruction_rss"][1:]
+    record = json.loads((out / "odd.metrics.json").read_text())
+    assert record["slices"] == [1, 2] and record["mask"] == "equispaced 2x"
+    check_metrics(record, out, "odd", {"reconstruction_rss": rss}, ["sense", "zero-filled"])
+    assert record["metrics"]["reconstruction_rss"]["sense"]["psnr"] > 30
+
+
+def test_tv_single_coil_beats_zero_filled(tmp_path):
+    make_file(tmp_path / "t.h5", slices=1, shape=(24, 24), recon=(24, 24), targets=("reconstruction_esc",))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "t.h5"), "--sampler", "tv", "--acceleration", "3", "--center-fraction", "0.2",
+                 "--output", str(out)]) == 0
+    record = json.loads((out / "t.metrics.json").read_text())
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        check_metrics(record, out, "t", {"reconstruction_esc": f["reconstruction_esc"][()]}, ["tv", "zero-filled"])
+    m = record["metrics"]["reconstruction_esc"]
+    assert m["tv"]["psnr"] > m["zero-filled"]["psnr"]
+
+
+@pytest.fixture(scope="module")
+def tiny_priors(tmp_path_factory):
+    from diffinverse.priors.checkpoints import save
+    from diffinverse.priors.unet import UNet
+
+    d = tmp_path_factory.mktemp("priors")
+    paths = {}
+    for ch in (1, 2):
+        paths[ch] = save(UNet(channels=ch, base_channels=4, channel_mult=(1,), num_res_blocks=1), d / f"p{ch}.safetensors")
+    return paths
+
+
+def test_dps_posterior_writes_std_and_is_deterministic(tmp_path, tiny_priors):
+    make_file(tmp_path / "d.h5", coils=2, slices=1, shape=(16, 16), recon=(12, 12), targets=())
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        rc = main([str(tmp_path / "d.h5"), "--sampler", "dps", "--prior", str(tiny_priors[2]), "--steps", "6",
+                   "--sigma-start", "0.5", "--num-samples", "2", "--center-fraction", "0.5", "--seed", "3",
+                   "--output", str(out), "--format", "h5", "nifti"])
+        assert rc == 0
+        runs.append(read_h5(out / "d.h5"))
+    a, b = runs
+    assert set(a) == {"reconstruction", "std"} and a["std"].shape == a["reconstruction"].shape == (1, 12, 12)
+    assert a["std"].dtype == np.float32 and (a["std"] >= 0).all() and a["std"].max() > 0
+    np.testing.assert_array_equal(a["reconstruction"], b["reconstruction"])
+    assert nib.load(tmp_path / "a" / "d_std.nii.gz").shape == (12, 12, 1)
+    record = json.loads((tmp_path / "a" / "d.metrics.json").read_text())
+    assert record["metrics"] == {} and record["nfe"] > 0
+
+
+def test_overwrite_protection_and_resume(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        make_file(data / f"f{i}.h5", slices=1, shape=(12, 10), recon=(8, 8), seed=i)
+    out = tmp_path / "out"
+    args = [str(data), "--sampler", "zero-filled", "--output", str(out), "--center-fraction", "0.3"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"f0.h5", "f0.metrics.json", "f1.h5", "f1.metrics.json", "metrics.json"}
+    capsys.readouterr()
+    assert main(args + ["--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "f0.h5" in err and "already exists" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # an interrupted run: f1 lacks its completion marker, so --resume redoes f1 only
+    (out / "f1.metrics.json").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert "1 reconstructed, 1 skipped" in capsys.readouterr().out
+    assert (out / "f0.h5").read_bytes() == before["f0.h5"]
+    assert sorted(json.loads((out / "metrics.json").read_text())["files"]) == ["f0", "f1"]
+    assert main(args + ["--overwrite", "--acceleration", "2"]) == 0
+    assert "2 reconstructed, 0 skipped" in capsys.readouterr().out
+    assert (out / "f0.h5").read_bytes() != before["f0.h5"]
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    make_file(data / "good.h5", slices=1, shape=(12, 10), recon=(8, 8))
+    (data / "nothdf5.h5").write_bytes(b"just text")
+    with h5py.File(data / "nokspace.h5", "w") as f:
+        f.create_dataset("reconstruction_rss", data=np.ones((1, 8, 8), np.float32))
+    with h5py.File(data / "rank.h5", "w") as f:
+        f.create_dataset("kspace", data=np.ones((8, 8), np.complex64))
+    k = np.ones((2, 12, 10), np.complex64)
+    k[1, 0, 0] = np.inf
+    with h5py.File(data / "inf.h5", "w") as f:
+        f.create_dataset("kspace", data=k)
+    with h5py.File(data / "maskwidth.h5", "w") as f:
+        f.create_dataset("kspace", data=np.ones((1, 12, 10), np.complex64))
+        f.create_dataset("mask", data=np.ones(9, bool))
+    out = tmp_path / "out"
+    assert main([str(data), "--sampler", "zero-filled", "--output", str(out), "--center-fraction", "0.3"]) == 1
+    printed = capsys.readouterr().out
+    assert "1 reconstructed, 0 skipped (complete, --resume), 5 failed" in printed
+    failed = json.loads((out / "metrics.json").read_text())["failed"]
+    expected = {"nothdf5": "not an HDF5 file", "nokspace": "no 'kspace' dataset",
+                "rank": "'kspace' must be (slices, H, W) or (slices, coils, H, W)",
+                "inf": "'kspace' holds NaN or Inf values", "maskwidth": "'mask' must have shape (10,)"}
+    assert set(failed) == set(expected)
+    for name, message in expected.items():
+        assert str(data / f"{name}.h5") in failed[name] and message in failed[name]
+        assert f"failed: {name}: " in printed
+        assert not list(out.glob(f"{name}*"))
+    assert (out / "good.h5").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sampler", "dps", "--prior", "no-such-prior"], "cannot load prior 'no-such-prior'"),
+    (["--sampler", "dps", "--prior", "P1"], "1 channel(s); MRI reconstruction needs a 2-channel"),
+    (["--slices", "a:b"], "--slices must look like"),
+    (["--num-samples", "2", "--sampler", "sense"], "--num-samples > 1 needs a diffusion sampler"),
+])
+def test_configuration_errors_exit_2_before_writing(tmp_path, capsys, tiny_priors, extra, message):
+    make_file(tmp_path / "x.h5", slices=1, shape=(12, 10), recon=(8, 8))
+    extra = [str(tiny_priors[1]) if e == "P1" else e for e in extra]
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "x.h5"), "--output", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_missing_input_and_output_collision(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.h5"), "--output", str(tmp_path)]) == 2
+    assert "nope.h5: no such file or directory" in capsys.readouterr().err
+    make_file(tmp_path / "x.h5", slices=1, shape=(12, 10), recon=(8, 8))
+    before = (tmp_path / "x.h5").read_bytes()
+    assert main([str(tmp_path / "x.h5"), "--output", str(tmp_path), "--overwrite"]) == 2
+    assert "would replace the input file" in capsys.readouterr().err
+    assert (tmp_path / "x.h5").read_bytes() == before
+
+
+def test_failure_while_writing_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    make_file(tmp_path / "x.h5", slices=1, shape=(12, 10), recon=(8, 8))
+
+    def broken(path, volume, voxel_size_mm):
+        Path(path).write_bytes(b"half a nifti")
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(reconstruct, "save_nifti", broken)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "x.h5"), "--sampler", "zero-filled", "--format", "h5", "nifti",
+                 "--center-fraction", "0.3", "--output", str(out)]) == 1
+    assert "disk full (injected)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_demo_file_is_bundled_and_runs(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["--demo", "--sampler", "zero-filled", "--slices", "1:2", "--output", str(out)]) == 0
+    record = json.loads((out / "demo_brain.metrics.json").read_text())
+    assert record["coils"] == 8 and record["shape"] == [1, 160, 128]
+    assert set(record["metrics"]["reconstruction_rss"]) == {"zero-filled", "sense"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_style_sharding_two_cpu_ranks(tmp_path, monkeypatch, capsys):
+    # rank 1 is a fresh process; rank 0 runs here, in a thread (so a hang fails instead of blocking)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        make_file(data / f"s{i}.h5", slices=1, shape=(12, 10), recon=(8, 8), seed=i)
+    out = tmp_path / "out"
+    argv = [str(data), "--sampler", "zero-filled", "--center-fraction", "0.3", "--device", "cpu", "--output", str(out)]
+    dist_env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env = dict(os.environ, **dist_env, RANK="1", LOCAL_RANK="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "diffinverse.reconstruct", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for key, value in {**dist_env, "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("rc", main(argv)), daemon=True)
+    thread.start()
+    thread.join(timeout=150)
+    stdout1, stderr1 = proc.communicate(timeout=30)
+    assert not thread.is_alive(), f"rank 0 hung; rank 1 said: {stderr1[-2000:]}"
+    assert (result["rc"], proc.returncode) == (0, 0), stderr1[-2000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert sorted(summary["files"]) == ["s0", "s1", "s2"]
+    assert "3 reconstructed" in capsys.readouterr().out and stdout1 == ""
+    assert all((out / f"s{i}.h5").exists() for i in range(3))
