@@ -1,0 +1,452 @@
+"""MRI forward models: centred orthonormal FFT, single-coil and multi-coil (SENSE) operators.
+
+Conventions: complex images are real tensors with 2 channels (real, imaginary), ``(B, 2, H, W)``;
+multi-coil k-space is ``(B, 2, C, H, W)``; phase-encode lines are the last dimension (columns).
+The transform is fastMRI's centred orthonormal FFT,
+``fft2c(x) = fftshift(fft2(ifftshift(x), norm="ortho"))``.
+
+The centring shifts are not applied as copies (rolls). A shift of a DFT's input or output is a
+multiplication by a unit-modulus phase ramp on the other side, so
+``fft2c(x) = post * fft2(pre * x)`` with ``pre[n] = exp(2 pi i s n / N)``,
+``post[k] = exp(2 pi i s (k - s) / N)``, ``s = N // 2`` per axis (for even ``N`` both are
+``+-1`` checkerboards). The operators fold ``pre`` into the coil maps and ``post`` into the
+mask once, at construction, so a forward or adjoint costs one map product, one plain FFT and one
+mask product. On CPU, batches run in chunks of about 16 MiB of coil images (large temporaries
+would otherwise be fresh, page-faulting memory on every call).
+
+Input checks: shapes, channel counts and dtypes on every call (``ValueError``/``TypeError``
+naming the expected layout); non-finite values in the mask and maps at construction and in
+``y`` in ``A_dagger`` (not in ``A``/``A_adjoint``, where a full scan would add a pass over the
+data to every sampler step).
+
+References:
+    Zbontar et al., "fastMRI: An Open Dataset and Benchmarks for Accelerated MRI", arXiv:1811.08839.
+    Pruessmann et al., "SENSE: Sensitivity encoding for fast MRI", MRM 42 (1999) 952-962.
+    Uecker et al., "ESPIRiT - an eigenvalue approach to autocalibrating parallel MRI", MRM 71 (2014) 990-1001.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from deepinv.physics import LinearPhysics
+from deepinv.physics.noise import ZeroNoise
+
+__all__ = ["fft2c", "ifft2c", "to_channels", "to_complex", "SingleCoilMRI", "MultiCoilMRI"]
+
+
+@lru_cache(maxsize=32)
+def _ramps(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and output phase ramps ``(pre, post)``, each ``(H, W)``, of the centred 2D FFT.
+
+    Real ``+-1`` tensors of ``dtype`` when both sizes are even, complex otherwise.
+    """
+    def axis(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = n // 2
+        idx = torch.arange(n, dtype=torch.float64)
+        if n % 2 == 0:
+            return 1.0 - 2.0 * (idx % 2), 1.0 - 2.0 * ((idx - s) % 2)
+        return (torch.polar(torch.ones(n, dtype=torch.float64), 2 * torch.pi * s * idx / n),
+                torch.polar(torch.ones(n, dtype=torch.float64), 2 * torch.pi * s * (idx - s) / n))
+
+    (pre_h, post_h), (pre_w, post_w) = axis(h), axis(w)
+    pre, post = pre_h[:, None] * pre_w[None, :], post_h[:, None] * post_w[None, :]
+    if pre.is_complex():
+        out_dtype = torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+    else:
+        out_dtype = torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+    return pre.to(device=device, dtype=out_dtype), post.to(device=device, dtype=out_dtype)
+
+
+def _check_complex(z: torch.Tensor, name: str) -> None:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if not z.is_complex():
+        raise TypeError(f"{name} must be a complex tensor (use to_complex on a (B, 2, ...) real "
+                        f"tensor), got dtype {z.dtype}")
+    if z.ndim < 2:
+        raise ValueError(f"{name} must have at least 2 dims (..., H, W), got shape {tuple(z.shape)}")
+
+
+def fft2c(z: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2D FFT over the last two dims (fastMRI's ``fft2c``).
+
+    Args:
+        z: complex tensor ``(..., H, W)`` (image domain, centre of the FOV at ``(H // 2, W // 2)``).
+
+    Returns:
+        Complex tensor ``(..., H, W)``: k-space with the DC sample at ``(H // 2, W // 2)``.
+
+    References:
+        fastMRI ``fastmri.fft2c``: ``fftshift(fft2(ifftshift(z), norm="ortho"))``.
+    """
+    _check_complex(z, "z")
+    pre, post = _ramps(z.shape[-2], z.shape[-1], z.dtype, z.device)
+    return torch.fft.fft2(z * pre, norm="ortho") * post
+
+
+def ifft2c(z: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal inverse 2D FFT over the last two dims (fastMRI's ``ifft2c``).
+
+    Args:
+        z: complex k-space ``(..., H, W)``, DC at ``(H // 2, W // 2)``.
+
+    Returns:
+        Complex image ``(..., H, W)``; ``ifft2c(fft2c(z)) == z``.
+    """
+    _check_complex(z, "z")
+    pre, post = _ramps(z.shape[-2], z.shape[-1], z.dtype, z.device)
+    return torch.fft.ifft2(z * post.conj(), norm="ortho") * pre.conj()
+
+
+def to_channels(z: torch.Tensor) -> torch.Tensor:
+    """Complex ``(B, ...)`` -> real ``(B, 2, ...)`` with channels (real, imaginary).
+
+    The result is a view of ``z`` (no copy); call ``.contiguous()`` if a dense layout is needed.
+    """
+    _check_complex(z, "z")
+    return torch.view_as_real(z).movedim(-1, 1)
+
+
+def to_complex(x: torch.Tensor) -> torch.Tensor:
+    """Real ``(B, 2, ...)`` with channels (real, imaginary) -> complex ``(B, ...)``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"expected a real tensor with 2 channels (real, imag) in dim 1, got complex "
+                        f"dtype {x.dtype}; use to_channels(z) to convert")
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"expected a floating tensor, got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[1] != 2:
+        raise ValueError(f"expected shape (B, 2, ...) with channels (real, imag), got {tuple(x.shape)}")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return torch.view_as_complex(x.movedim(1, -1).contiguous())
+
+
+def _as_mask(mask, name: str = "mask") -> torch.Tensor:
+    """Validate a 0/1 mask ``(H, W)`` or ``(B, H, W)``; return it as ``(Bm, 1, H, W)`` float."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (H, W) or (B, H, W), got {type(mask).__name__}")
+    if mask.is_complex():
+        raise TypeError(f"{name} must be a real 0/1 tensor, got complex dtype {mask.dtype}")
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"{name} must have shape (H, W) or (B, H, W), got {tuple(mask.shape)}")
+    mask = mask.to(torch.float64 if mask.dtype == torch.float64 else torch.float32)
+    if not torch.isfinite(mask).all():
+        raise ValueError(f"{name} contains non-finite values")
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{name} must contain only 0 and 1")
+    return mask.reshape(-1, 1, *mask.shape[-2:])
+
+
+def _like(buf: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``buf`` in the precision of ``t`` (keeping ``buf`` real or complex)."""
+    double = t.dtype in (torch.float64, torch.complex128)
+    if buf.is_complex():
+        return buf.to(torch.complex128 if double else torch.complex64)
+    return buf.to(torch.float64 if double else torch.float32)
+
+
+def _check_batch(b: int, bm: int, what: str) -> None:
+    if bm not in (1, b):
+        raise ValueError(f"batch size {b} does not match the {what} batch size {bm}")
+
+
+def _check_real_input(x: torch.Tensor, name: str, ndim: int, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be real with 2 channels (real, imag) {layout}, got complex dtype "
+                        f"{x.dtype}; use to_channels")
+    if x.ndim != ndim or x.shape[1] != 2:
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(x.shape)}")
+
+
+class _CartesianMRI(LinearPhysics):
+    """Shared set-up of the MRI operators: mask buffers and the noise model."""
+
+    def __init__(self, mask: torch.Tensor, *, noise_model=None, **kwargs):
+        super().__init__(noise_model=ZeroNoise() if noise_model is None else noise_model, **kwargs)
+        m = _as_mask(mask)
+        self.register_buffer("_mask", m)
+        _, post = _ramps(m.shape[-2], m.shape[-1], torch.float64, m.device)
+        # k-space weights with the FFT's output ramp folded in (|kmask| == mask), kept in double
+        # precision and cast to the data's precision when used.
+        kmask = m.double() * post
+        self.register_buffer("_kmask", kmask, persistent=False)
+        self.register_buffer("_kmask_conj", kmask.conj().resolve_conj(), persistent=False)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The sampling mask, ``(H, W)`` or ``(B, H, W)`` as given."""
+        return self._mask[:, 0] if self._mask.shape[0] > 1 else self._mask[0, 0]
+
+    @property
+    def img_shape(self) -> tuple[int, int]:
+        return tuple(self._mask.shape[-2:])
+
+    def noise(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Noise on sampled k-space locations only (unsampled locations stay 0)."""
+        m = self._mask if y.ndim == 4 else self._mask[:, None]
+        return m * self.noise_model(y, **kwargs)
+
+
+class SingleCoilMRI(_CartesianMRI):
+    """Single-coil Cartesian MRI: ``y = M F x`` with ``F`` the centred orthonormal 2D FFT.
+
+    Args:
+        mask: 0/1 sampling mask ``(H, W)`` or ``(B, H, W)`` (one per batch item).
+        noise_model: a deepinv noise model (default: no noise); noise is added on sampled
+            locations only.
+
+    Shapes:
+        ``A``: ``x (B, 2, H, W)`` -> ``y (B, 2, H, W)`` (masked k-space, unsampled = 0).
+        ``A_adjoint`` = ``A_dagger`` (zero-filled; exact pseudo-inverse for a 0/1 mask).
+
+    References:
+        Zbontar et al., "fastMRI", arXiv:1811.08839.
+    """
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        _check_real_input(x, "x", 4, "(B, 2, H, W)")
+        self._check_size(x)
+        pre, _ = _ramps(*self.img_shape, x.dtype, x.device)
+        k = torch.fft.fft2(to_complex(x) * pre, norm="ortho")
+        return to_channels(k * _like(self._kmask[:, 0], k))
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        _check_real_input(y, "y", 4, "(B, 2, H, W)")
+        self._check_size(y)
+        pre, _ = _ramps(*self.img_shape, y.dtype, y.device)
+        k = to_complex(y)
+        z = torch.fft.ifft2(k * _like(self._kmask_conj[:, 0], k), norm="ortho") * pre.conj()
+        return to_channels(z).contiguous()
+
+    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.A_adjoint(self.A(x))
+
+    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Zero-filled reconstruction ``F^H y`` (the pseudo-inverse for a 0/1 mask)."""
+        if isinstance(y, torch.Tensor) and not torch.isfinite(y).all():
+            raise ValueError("y contains non-finite values")
+        return self.A_adjoint(y)
+
+    def with_mask(self, mask: torch.Tensor) -> "SingleCoilMRI":
+        """A new operator with ``mask`` and the same noise model (this one is unchanged)."""
+        return SingleCoilMRI(mask, noise_model=self.noise_model)
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[-2:]) != self.img_shape:
+            raise ValueError(f"spatial size {tuple(x.shape[-2:])} does not match the mask size {self.img_shape}")
+        _check_batch(x.shape[0], self._mask.shape[0], "mask")
+
+
+class MultiCoilMRI(_CartesianMRI):
+    """Multi-coil Cartesian MRI (SENSE): ``y_c = M F (sum_m S_{m,c} x_m)``.
+
+    With one map set (``M = 1``) ``x`` is one complex image ``(B, 2, H, W)``; with ``M`` sets
+    (soft-SENSE, e.g. the two ESPIRiT eigenvector maps of a wrapping field of view) ``x`` is
+    ``(B, 2, M, H, W)``, one image per set, and the coil signals are their sum.
+
+    Args:
+        mask: 0/1 sampling mask ``(H, W)`` or ``(B, H, W)``.
+        coil_maps: complex sensitivities ``(C, H, W)`` (one set), ``(M, C, H, W)`` (M sets) or
+            ``(B, M, C, H, W)`` (one stack per batch item, e.g. per slice).
+        noise_model: a deepinv noise model (default: none); noise on sampled locations only.
+        cg_iters: maximum conjugate-gradient iterations of ``A_dagger``.
+        cg_tol: relative residual ``||A^H A x - A^H y|| / ||A^H y||`` at which CG stops.
+        cg_lambda: Tikhonov weight ``lambda`` of ``A_dagger``: solves
+            ``(A^H A + lambda I) x = A^H y``; 0 = plain least squares. With ESPIRiT maps
+            (orthonormal per pixel) the eigenvalues of ``A^H A`` lie in [0, 1], so ``lambda`` is
+            relative to them and independent of the data's scale. Unregularised CG on real
+            undersampled data amplifies noise as it converges (measured on a real 8-coil brain
+            at 4x: 28 dB after 5 iterations, 15 dB after 50); ``lambda = 0.01`` converges to
+            26 dB (one map set) / 30 dB (two) and costs a ``1 / (1 + lambda)`` shrinkage on
+            fully sampled data.
+
+    Shapes:
+        ``A``: ``x (B, 2, H, W)`` or ``(B, 2, M, H, W)`` -> ``y (B, 2, C, H, W)``.
+        ``A_adjoint``: the reverse. ``A_dagger``: SENSE by CG on the normal equations.
+        Outputs of ``A`` are views in deepinv's layout (call ``.contiguous()`` if needed).
+
+    References:
+        Pruessmann et al., "SENSE", MRM 42 (1999); Uecker et al., "ESPIRiT", MRM 71 (2014).
+    """
+
+    def __init__(self, mask: torch.Tensor, coil_maps: torch.Tensor, *, noise_model=None,
+                 cg_iters: int = 50, cg_tol: float = 1e-6, cg_lambda: float = 1e-2, **kwargs):
+        super().__init__(mask, noise_model=noise_model, **kwargs)
+        if not isinstance(coil_maps, torch.Tensor):
+            raise TypeError(f"coil_maps must be a complex torch.Tensor, got {type(coil_maps).__name__}")
+        if not coil_maps.is_complex():
+            raise TypeError(f"coil_maps must be complex (C, H, W), (M, C, H, W) or (B, M, C, H, W), "
+                            f"got dtype {coil_maps.dtype}")
+        if coil_maps.ndim not in (3, 4, 5):
+            raise ValueError(f"coil_maps must have shape (C, H, W), (M, C, H, W) or (B, M, C, H, W), "
+                             f"got {tuple(coil_maps.shape)}")
+        if tuple(coil_maps.shape[-2:]) != self.img_shape:
+            raise ValueError(f"coil_maps size {tuple(coil_maps.shape[-2:])} does not match the mask "
+                             f"size {self.img_shape}")
+        if not torch.isfinite(torch.view_as_real(coil_maps)).all():
+            raise ValueError("coil_maps contains non-finite values")
+        if cg_iters < 1 or cg_tol < 0 or cg_lambda < 0:
+            raise ValueError(f"expected cg_iters >= 1, cg_tol >= 0, cg_lambda >= 0, got "
+                             f"{cg_iters}, {cg_tol}, {cg_lambda}")
+        maps = coil_maps[(None,) * (5 - coil_maps.ndim)]  # (Bs, M, C, H, W)
+        if self._mask.shape[0] > 1 and maps.shape[0] > 1 and maps.shape[0] != self._mask.shape[0]:
+            raise ValueError(f"mask batch {self._mask.shape[0]} and coil_maps batch {maps.shape[0]} differ")
+        self.register_buffer("coil_maps", coil_maps)
+        self.cg_iters, self.cg_tol, self.cg_lambda = int(cg_iters), float(cg_tol), float(cg_lambda)
+        pre, _ = _ramps(*self.img_shape, maps.dtype, maps.device)
+        ramped = maps * pre  # (Bs, M, C, H, W): FFT input ramp folded into the maps
+        self.register_buffer("_maps", ramped, persistent=False)
+        self.register_buffer("_maps_conj", ramped.conj().resolve_conj(), persistent=False)
+
+    @property
+    def num_maps(self) -> int:
+        return self._maps.shape[1]
+
+    @property
+    def num_coils(self) -> int:
+        return self._maps.shape[2]
+
+    # --- complex core: z (B, M, H, W) <-> k (B, C, H, W) ------------------------------------
+    def _coil_images(self, z: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        maps = maps.to(z.dtype)
+        if self.num_maps == 1:
+            return maps[:, 0] * z
+        return (maps * z[:, :, None]).sum(1)
+
+    def _combine(self, coil: torch.Tensor, maps_conj: torch.Tensor) -> torch.Tensor:
+        # coil is always a fresh FFT output here, so it can be overwritten in place
+        maps_conj = maps_conj.to(coil.dtype)
+        if self.num_maps == 1:
+            return coil.mul_(maps_conj[:, 0]).sum(1, keepdim=True)
+        return (maps_conj * coil[:, None]).sum(2)
+
+    def _chunks(self, b: int, dtype: torch.dtype, device: torch.device) -> list[slice]:
+        """Batch slices whose coil-image working set stays small (CPU only).
+
+        Large temporaries are fresh ``mmap`` pages on every call (page faults on each pass),
+        so on CPU the batch runs in chunks of about 16 MiB of coil images; on GPUs one pass.
+        """
+        if device.type != "cpu":
+            return [slice(0, b)]
+        item = self.num_coils * self.img_shape[0] * self.img_shape[1] * torch.empty((), dtype=dtype).element_size()
+        step = max(1, (16 << 20) // item)
+        return [slice(i, min(i + step, b)) for i in range(0, b, step)]
+
+    def _per_chunk(self, b: int, t: torch.Tensor):
+        """Yield ``(slice, maps, maps_conj, mask, kmask, kmask_conj)`` for each batch chunk."""
+        for sl in self._chunks(b, t.dtype, t.device):
+            def pick(buf):
+                return buf if buf.shape[0] == 1 else buf[sl]
+            yield sl, pick(self._maps), pick(self._maps_conj), pick(self._mask), pick(self._kmask), \
+                pick(self._kmask_conj)
+
+    def _forward_c(self, z: torch.Tensor) -> torch.Tensor:
+        chunks = list(self._per_chunk(z.shape[0], z))
+        if len(chunks) > 1 and not (torch.is_grad_enabled() and (z.requires_grad or self._maps.requires_grad)):
+            # no autograd graph needed: write each chunk into the output (no concatenation copy)
+            dtype = torch.promote_types(z.dtype, self._maps.dtype)
+            out = torch.empty(z.shape[0], self.num_coils, *self.img_shape, dtype=dtype, device=z.device)
+            for sl, maps, _, _, kmask, _ in chunks:
+                torch.fft.fft2(self._coil_images(z[sl], maps), norm="ortho", out=out[sl])
+                out[sl].mul_(_like(kmask, out))
+            return out
+        out = []
+        for sl, maps, _, _, kmask, _ in chunks:
+            k = torch.fft.fft2(self._coil_images(z[sl], maps), norm="ortho")
+            out.append(k.mul_(_like(kmask, k)))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _adjoint_c(self, k: torch.Tensor) -> torch.Tensor:
+        out = []
+        for sl, _, maps_conj, _, _, kmask_conj in self._per_chunk(k.shape[0], k):
+            out.append(self._combine(torch.fft.ifft2(k[sl] * _like(kmask_conj, k), norm="ortho"), maps_conj))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _normal(self, z: torch.Tensor) -> torch.Tensor:
+        """``A^H A`` on complex images ``(B, M, H, W)``; the output ramp cancels (|post| = 1)."""
+        out = []
+        for sl, maps, maps_conj, mask, _, _ in self._per_chunk(z.shape[0], z):
+            k = torch.fft.fft2(self._coil_images(z[sl], maps), norm="ortho")
+            k.mul_(_like(mask, k))
+            out.append(self._combine(torch.fft.ifft2(k, norm="ortho"), maps_conj))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    # --- channel-layout interface --------------------------------------------------------------
+    def _image_to_complex(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_maps == 1:
+            _check_real_input(x, "x", 4, "(B, 2, H, W)")
+        else:
+            _check_real_input(x, "x", 5, f"(B, 2, M={self.num_maps}, H, W)")
+            if x.shape[2] != self.num_maps:
+                raise ValueError(f"x has {x.shape[2]} images in dim 2, expected M={self.num_maps} "
+                                 f"(one per coil-map set)")
+        self._check_size(x)
+        z = to_complex(x)
+        return z[:, None] if self.num_maps == 1 else z
+
+    def _complex_to_image(self, z: torch.Tensor) -> torch.Tensor:
+        return to_channels(z[:, 0] if self.num_maps == 1 else z).contiguous()
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return to_channels(self._forward_c(self._image_to_complex(x)))
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        _check_real_input(y, "y", 5, f"(B, 2, C={self.num_coils}, H, W)")
+        if y.shape[2] != self.num_coils:
+            raise ValueError(f"y has {y.shape[2]} coils in dim 2, expected {self.num_coils} (as the coil maps)")
+        self._check_size(y)
+        return self._complex_to_image(self._adjoint_c(to_complex(y)))
+
+    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self._complex_to_image(self._normal(self._image_to_complex(x)))
+
+    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """SENSE: conjugate gradient on ``(A^H A + lambda I) x = A^H y``.
+
+        Runs at most ``cg_iters`` iterations, stopping when every batch item's relative residual
+        is below ``cg_tol``. Returns ``x`` in the layout ``A`` takes.
+        """
+        if isinstance(y, torch.Tensor) and not torch.isfinite(y).all():
+            raise ValueError("y contains non-finite values")
+        b = self._image_to_complex(self.A_adjoint(y))
+        return self._complex_to_image(self._cg(b))
+
+    def _cg(self, b: torch.Tensor) -> torch.Tensor:
+        def dot(u, v):  # per batch item <u, v>, real part (the system is Hermitian PD)
+            return (u.conj() * v).real.sum(dim=(1, 2, 3), keepdim=True)
+
+        def op(z):
+            return self._normal(z) + self.cg_lambda * z if self.cg_lambda else self._normal(z)
+
+        x = torch.zeros_like(b)
+        r, p = b.clone(), b.clone()
+        rs = dot(r, r)
+        stop = (self.cg_tol ** 2) * rs
+        for _ in range(self.cg_iters):
+            if bool((rs <= stop).all()):
+                break
+            ap = op(p)
+            alpha = rs / dot(p, ap).clamp_min(torch.finfo(rs.dtype).tiny)
+            x = x + alpha * p
+            r = r - alpha * ap
+            rs_new = dot(r, r)
+            p = r + (rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny)) * p
+            rs = rs_new
+        return x
+
+    def with_mask(self, mask: torch.Tensor) -> "MultiCoilMRI":
+        """A new operator with ``mask`` and the same maps, noise model and CG settings."""
+        return MultiCoilMRI(mask, self.coil_maps, noise_model=self.noise_model, cg_iters=self.cg_iters,
+                            cg_tol=self.cg_tol, cg_lambda=self.cg_lambda)
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[-2:]) != self.img_shape:
+            raise ValueError(f"spatial size {tuple(x.shape[-2:])} does not match the mask/coil_maps size "
+                             f"{self.img_shape}")
+        _check_batch(x.shape[0], self._mask.shape[0], "mask")
+        _check_batch(x.shape[0], self._maps.shape[0], "coil_maps")
