@@ -77,9 +77,9 @@ def synthetic_images(prior_name: str, n: int = 8) -> dict[str, torch.Tensor]:
 
         x = BrainSlices("test", generator=g).sample(n)
     else:
-        from diffinverse.datasets.phantoms import random_ellipses
+        from diffinverse.datasets.ct_slices import synthetic_ct_slices
 
-        x = random_ellipses(n, 128, generator=g)
+        x = synthetic_ct_slices(n, 128, generator=g)
     return {f"heldout_{i}": x[i:i + 1] for i in range(n)}
 
 
