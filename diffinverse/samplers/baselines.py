@@ -93,14 +93,14 @@ def tv_objective(x: torch.Tensor, y: torch.Tensor, physics, lam: float, *,
     return data + lam * total_variation(x, spatial_dims=spatial_dims)
 
 
-def _op_norm_sq(physics, x: torch.Tensor, s: int, iters: int) -> float:
-    """``||K||^2`` of ``K x = (A x, grad x)`` by power iteration on ``K^T K`` (seeded, local RNG)."""
+def _op_norm_sq(physics, x: torch.Tensor, iters: int) -> float:
+    """``||A||^2`` by power iteration on ``A^T A`` (seeded, local RNG)."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
     v = v / v.norm()
     lam = 0.0
     for _ in range(iters):
-        w = physics.A_adjoint(physics.A(v)) + _grad_adjoint(_grad(v, s), s)
+        w = physics.A_adjoint(physics.A(v))
         lam = w.norm().item()
         v = w / lam
     return lam
@@ -113,9 +113,13 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
                       ) -> torch.Tensor:
     """TV-regularised least squares ``argmin_x ||A x - y||^2 / 2 + lam TV(x)`` by PDHG.
 
-    Chambolle-Pock Algorithm 1 with ``K x = (A x, grad x)``, ``F(u, v) = ||u - y||^2 / 2 +
-    lam ||v||_{2,1}``, ``G = 0`` and steps ``tau = sigma = 0.99 / ||K||``, where ``||K||`` is
-    estimated by power iteration (so any linear physics works, with no tuning of step sizes).
+    Chambolle-Pock Algorithm 1 with ``K x = (A x / c, grad x)``, ``F(u, v) = ||u - y / c||^2 / 2
+    + (lam / c^2) ||v||_{2,1}``, ``G = 0``: the same minimiser, with the data operator scaled to
+    the norm of the gradient when it is larger (``c = max(1, ||A|| / ||grad||)``, ``||A||`` by
+    power iteration, ``||grad||^2 <= 4`` per spatial dim). Without that balance an operator with a
+    large norm (CT: ``||A||^2`` in the thousands) sets the step alone and the TV part barely
+    moves. Steps ``tau = sigma = 0.99 / ||K||`` with ``||K||^2 <= ||A||^2 / c^2 + ||grad||^2``;
+    any linear physics works with no tuning of step sizes.
     Items of a batch are independent problems solved together.
 
     Args:
@@ -127,7 +131,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         x_init: starting point, default ``A^H y``.
         spatial_dims: dims to take TV along (default all after the channel dim: 2 for
             ``(B, C, H, W)``, 3 for volumes ``(B, C, D, H, W)``).
-        power_iters: power iterations for ``||K||``.
+        power_iters: power iterations for ``||A||``.
         callback: called as ``callback(i, x)`` after every iteration.
 
     Returns:
@@ -142,20 +146,23 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         raise ValueError(f"need lam >= 0 and num_iters >= 1, got lam={lam}, num_iters={num_iters}")
     x = physics.A_adjoint(y) if x_init is None else x_init.clone()
     s = _spatial(x, spatial_dims)
-    step = 0.99 / _op_norm_sq(physics, x, s, power_iters) ** 0.5
-    p = torch.zeros_like(y)            # dual of the data term
+    grad_norm_sq, a_norm_sq = 4.0 * s, _op_norm_sq(physics, x, power_iters)
+    c = max(1.0, (a_norm_sq / grad_norm_sq) ** 0.5)
+    lam_c, y_c = lam / c**2, y / c
+    step = 0.99 / (a_norm_sq / c**2 + grad_norm_sq) ** 0.5
+    p = torch.zeros_like(y)            # dual of the (scaled) data term
     q = x.new_zeros((s, *x.shape))     # dual of the TV term
     x_bar = x
     for i in range(num_iters):
         # dual ascent: prox of sigma F* (data: closed form; TV: projection on |q| <= lam per pixel)
-        p = (p + step * (physics.A(x_bar) - y)) / (1 + step)
+        p = (p + step * (physics.A(x_bar) / c - y_c)) / (1 + step)
         q = q + step * _grad(x_bar, s)
         if lam > 0:
-            q = q / (_magnitude(q) / lam).clamp_min(1.0).unsqueeze(0).unsqueeze(2)
+            q = q / (_magnitude(q) / lam_c).clamp_min(1.0).unsqueeze(0).unsqueeze(2)
         else:
             q = torch.zeros_like(q)
         # primal descent (G = 0) and extrapolation with theta = 1
-        x_new = x - step * (physics.A_adjoint(p) + _grad_adjoint(q, s))
+        x_new = x - step * (physics.A_adjoint(p) / c + _grad_adjoint(q, s))
         x_bar = 2 * x_new - x
         x = x_new
         if callback is not None:
