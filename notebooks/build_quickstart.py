@@ -1,0 +1,62 @@
+"""Build and execute ``quickstart.ipynb`` (so its figures are real outputs).
+
+Usage: ``python notebooks/build_quickstart.py`` (needs the ``notebooks`` extra: jupyter).
+"""
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+CELLS = [
+    ("md", "# diffinverse quickstart: 4x multi-coil MRI with a diffusion prior\n\n"
+           "A held-out synthetic brain slice, 8 simulated coils, a fastMRI-style 4x mask; SENSE as the "
+           "classical baseline; DPS warm-started from SENSE (Come-Closer-Diffuse-Faster) with the shipped "
+           "`mri-brain` prior; posterior mean and standard deviation from 4 samples."),
+    ("code", "import torch, matplotlib.pyplot as plt\n"
+             "from diffinverse.datasets.brain import BrainSlices\n"
+             "from diffinverse.metrics import psnr, ssim\n"
+             "from diffinverse.operators import MultiCoilMRI, random_lines, simulate_coil_maps, estimate_coil_maps, to_complex\n"
+             "from diffinverse.priors import load\n"
+             "from diffinverse.samplers import DPS\n"
+             "g = torch.Generator().manual_seed(0)"),
+    ("md", "## Data and forward model\nCoil maps are estimated by ESPIRiT from the auto-calibration lines, "
+           "as one would on a real scan (the simulation uses sigpy's birdcage maps)."),
+    ("code", "x = BrainSlices('test', generator=g).sample(1)                  # (1, 2, 256, 256)\n"
+             "true_maps = simulate_coil_maps(8, (256, 256))\n"
+             "mask = random_lines((256, 256), 4, 0.08, generator=g)\n"
+             "y = MultiCoilMRI(mask, true_maps)(x)\n"
+             "y = y + 0.005 * torch.randn(y.shape, generator=g) * mask          # k-space noise on sampled lines\n"
+             "maps = estimate_coil_maps(to_complex(y)[0], num_maps=1)[0]      # (8, 256, 256) from the ACS lines\n"
+             "physics = MultiCoilMRI(mask, maps)\n"
+             "print('measured lines:', int(mask[0].sum()), 'of', mask.shape[1])"),
+    ("code", "x_sense = physics.A_dagger(y)\n"
+             "dps = DPS(prior := load('mri-brain'), num_steps=50, sigma_start=0.2, progress=False)\n"
+             "post = dps.posterior(y, physics, num_samples=4, generator=g)\n"
+             "mag = lambda z: z.square().sum(-3).sqrt()\n"
+             "for name, r in [('SENSE', x_sense), ('DPS posterior mean', post.mean)]:\n"
+             "    print(f'{name:20s} PSNR {psnr(mag(x), mag(r)):.2f} dB  SSIM {ssim(mag(x), mag(r)):.3f}')\n"
+             "print('network evaluations per sample:', dps.last_nfe)"),
+    ("code", "fig, ax = plt.subplots(1, 5, figsize=(18, 4))\n"
+             "panels = [(mag(x)[0], 'reference'), (mag(physics.A_adjoint(y))[0], 'zero-filled'),\n"
+             "          (mag(x_sense)[0], 'SENSE'), (mag(post.mean)[0], 'DPS posterior mean'),\n"
+             "          (post.samples[:, 0].square().sum(1).sqrt().std(0), 'DPS posterior std (magnitude)')]\n"
+             "for a, (im, title) in zip(ax, panels):\n"
+             "    a.imshow(im, cmap='gray' if 'std' not in title else 'magma'); a.set_title(title); a.axis('off')\n"
+             "plt.tight_layout()"),
+]
+
+
+def main() -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+                for kind, src in CELLS]
+    here = Path(__file__).resolve().parent
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(here)}}).execute()
+    for cell in nb.cells:  # drop library warnings printed to stderr (e.g. tqdm's notebook notice)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]
+    nbformat.write(nb, here / "quickstart.ipynb")
+
+
+if __name__ == "__main__":
+    main()
