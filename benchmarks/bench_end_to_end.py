@@ -152,16 +152,18 @@ def main() -> None:
     ap.add_argument("--red-steps", default="20,40,80,160")
     ap.add_argument("--deepinv-steps", default="10,25")
     ap.add_argument("--json", default=str(HERE / "bench_end_to_end.json"))
+    ap.add_argument("--time-study-only", action="store_true", help="skip the task table")
+    ap.add_argument("--plot", default=str(HERE / "psnr_vs_time.png"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     e2e = _load_test_module()
     priors = _priors(e2e)
     t0 = time.perf_counter()
-    rows = table(e2e, priors, args.size, args.images, args.seed)
+    rows = [] if args.time_study_only else table(e2e, priors, args.size, args.images, args.seed)
     curves = time_study(e2e, priors, args.size, args.images, args.seed, ints(args.dps_steps), ints(args.red_steps),
                         ints(args.deepinv_steps))
-    plot(curves, HERE / "psnr_vs_time.png")
+    plot(curves, Path(args.plot))
     Path(args.json).write_text(json.dumps({"args": vars(args), "table": rows, "curves": curves}, indent=1))
     print(f"total {time.perf_counter() - t0:.0f}s")
 

@@ -1,4 +1,7 @@
-"""Sampler overhead and our DPS against deepinv's DPS, at equal steps.
+"""Sampler overhead and our DPS against deepinv's DPS, at equal steps and per network evaluation.
+
+deepinv's DPS with ``num_steps`` timesteps calls the network ``num_steps - 1`` times (its ancestral
+solver skips the last), ours ``num_steps`` times; both ratios are printed.
 
 Overhead = wall time / (NFE x network cost per step), where the cost per step is one forward and
 backward pass for DPS (its guidance differentiates through the network) and one forward pass
@@ -92,14 +95,22 @@ def main() -> None:
     t_f, t_fb = best["fwd"] / args.steps, best["fwd_bwd"] / args.steps
     t_dps, t_red, t_theirs = best["dps"], best["reddiff"], best["deepinv_dps"]
     nfe_dps, nfe_red = dps.last_nfe, red.last_nfe
+    # deepinv's ancestral solver skips the network at its last timestep: count its calls
+    calls = []
+    hook = prior.register_forward_hook(lambda *_: calls.append(1))
+    runs["deepinv_dps"]()
+    hook.remove()
+    nfe_theirs = len(calls)
 
     print(f"device={device} threads={args.threads} size={args.size} steps={args.steps} "
           f"UNet params={n_params / 1e6:.2f}M")
     print(f"network: forward {t_f * 1e3:.1f} ms, forward+backward {t_fb * 1e3:.1f} ms")
     print(f"DPS (ours):      {t_dps:.3f} s, NFE {nfe_dps}, overhead {t_dps / (nfe_dps * t_fb):.3f} x (fwd+bwd)")
     print(f"RED-Diff (ours): {t_red:.3f} s, NFE {nfe_red}, overhead {t_red / (nfe_red * t_f):.3f} x (fwd)")
-    print(f"DPS (deepinv):   {t_theirs:.3f} s, overhead {t_theirs / (args.steps * t_fb):.3f} x (fwd+bwd)")
-    print(f"speed ratio deepinv / ours at equal steps: {t_theirs / t_dps:.3f}")
+    print(f"DPS (deepinv):   {t_theirs:.3f} s, NFE {nfe_theirs}, overhead {t_theirs / (nfe_theirs * t_fb):.3f} x "
+          f"(fwd+bwd)")
+    print(f"speed ratio deepinv / ours at {args.steps} steps: {t_theirs / t_dps:.3f}; "
+          f"per network evaluation: {(t_theirs / nfe_theirs) / (t_dps / nfe_dps):.3f}")
 
 
 if __name__ == "__main__":
