@@ -79,6 +79,7 @@ from tqdm.auto import tqdm
 
 from diffinverse import metrics as M
 from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, atomic_output, center_crop, write_submission
+from diffinverse.datasets.volumes import write_nifti
 from diffinverse.operators.coils import estimate_coil_maps
 from diffinverse.operators.masks import equispaced_lines, random_lines, variable_density_2d
 from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels
@@ -493,13 +494,9 @@ def save_nifti(path: Path, volume: np.ndarray, voxel_size_mm: tuple[float, float
     thickness), or 1 mm where the header does not state them. fastMRI headers carry no patient
     position or orientation, so the axes are the acquisition's, not scanner RAS.
     """
-    import nibabel as nib
-
     vox = voxel_size_mm or (1.0, 1.0, 1.0)
     affine = np.diag([float(vox[0]), float(vox[1]), float(vox[2]), 1.0])
-    img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(volume, (1, 2, 0)), dtype=np.float32), affine)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    write_nifti(path, np.transpose(volume, (1, 2, 0)), affine, overwrite=True)
 
 
 def save_preview(path: Path, rec: np.ndarray, targets: dict, std: np.ndarray | None, *, title: str) -> None:

@@ -115,6 +115,7 @@ def write_nifti(path: str | os.PathLike, volume: torch.Tensor | np.ndarray, affi
     img = nib.Nifti1Image(vol.astype(np.float32), aff)
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
+    img.header.set_xyzt_units("mm")
     suffix = ".nii.gz" if p.name.lower().endswith(".nii.gz") else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
     os.close(fd)
