@@ -160,30 +160,18 @@ def _to_torch_csr(m: scipy.sparse.csr_matrix) -> torch.Tensor:
                 torch.from_numpy(m.data.astype(np.float32)), m.shape)
 
 
-class _Project(torch.autograd.Function):
-    """``y = A x`` with ``dL/dx = A^T dL/dy``; twice differentiable through ``_Backproject``."""
+class _Apply(torch.autograd.Function):
+    """``A x`` (``adjoint=False``) or ``A^T y`` (``adjoint=True``); the backward pass applies the
+    other one, so the pair is differentiable to any order."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, op: "CT") -> torch.Tensor:
-        ctx.op = op
-        return op._run(x, adjoint=False)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _Backproject.apply(grad, ctx.op), None
-
-
-class _Backproject(torch.autograd.Function):
-    """``x = A^T y`` with ``dL/dy = A dL/dx``."""
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, op: "CT") -> torch.Tensor:
-        ctx.op = op
-        return op._run(y, adjoint=True)
+    def forward(ctx, t: torch.Tensor, op: "CT", adjoint: bool) -> torch.Tensor:
+        ctx.op, ctx.adjoint = op, adjoint
+        return op._run(t, adjoint=adjoint)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _Project.apply(grad, ctx.op), None
+        return _Apply.apply(grad, ctx.op, not ctx.adjoint), None, None
 
 
 class CT(LinearPhysics):
@@ -319,12 +307,12 @@ class CT(LinearPhysics):
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """Project: ``x (B, 1, N, N)`` -> sinogram ``(B, 1, num_angles, num_detectors)``."""
         self._check(x, (self.img_size, self.img_size), "x")
-        return _Project.apply(x, self)
+        return _Apply.apply(x, self, False)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """Back-project (exact transpose of ``A``): ``(B, 1, num_angles, num_detectors)`` -> ``(B, 1, N, N)``."""
         self._check(y, self.sinogram_shape, "y")
-        return _Backproject.apply(y, self)
+        return _Apply.apply(y, self, True)
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """Filtered back-projection: sinogram ``(B, 1, A, D)`` -> image ``(B, 1, N, N)``."""
