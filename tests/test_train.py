@@ -140,3 +140,70 @@ def test_cli_folder_end_to_end(tmp_path):
     assert torch.equal(torch.random.get_rng_state(), before)
     prior = load(tmp_path / "run" / T.FINAL)
     assert prior.channels == 1 and prior.config["base_channels"] == 8
+
+
+def _npy_folder(path, n=3, shape=(20, 24)):
+    import numpy as np
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        np.save(path / f"{i}.npy", rng.random(shape).astype(np.float32))
+    return path
+
+
+def test_cli_fine_tunes_from_init_with_natural_mix(tmp_path):
+    from diffinverse.priors.checkpoints import load
+
+    data = _npy_folder(tmp_path / "imgs")
+    common = ["--data", f"folder:{data}", "--batch-size", "4", "--crop", "16", "--device", "cpu", "--no-progress"]
+    T.main([*common, "--out", str(tmp_path / "a"), "--steps", "2", "--base-channels", "8", "--channel-mult", "1,2",
+            "--num-res-blocks", "1"])
+    first = tmp_path / "a" / T.FINAL
+    T.main([*common, "--out", str(tmp_path / "b"), "--steps", "3", "--init", str(first), "--mix-natural", "0.5",
+            "--p-mean", "-2.5", "--p-std", "0.5", "--lr", "1e-3", "--warmup", "1"])
+    a, b = load(first), load(tmp_path / "b" / T.FINAL)
+    assert b.config == a.config and b.sigma_data == a.sigma_data   # the network of --init, not the CLI's default
+    diff = max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    assert 0 < diff < 0.1  # trained further from --init's weights, not re-initialised
+
+
+def test_cli_init_rejects_wrong_channels(tmp_path):
+    data = _npy_folder(tmp_path / "imgs")
+    net = UNet(channels=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    from diffinverse.priors import checkpoints
+
+    checkpoints.save(net, tmp_path / "two.safetensors")
+    with pytest.raises(ValueError, match="1-channel UNet"):
+        T.main(["--data", f"folder:{data}", "--out", str(tmp_path / "run"), "--steps", "1", "--crop", "16",
+                "--init", str(tmp_path / "two.safetensors"), "--device", "cpu", "--no-progress"])
+
+
+def test_mixture_draws_each_source_in_proportion():
+    class Const:
+        def __init__(self, v):
+            self.v = v
+
+        def sample(self, n, *, generator):
+            return torch.full((n, 1, 4, 4), float(self.v))
+
+    mix = T.Mixture([Const(0), Const(1)], [0.75, 0.25])
+    x = mix.sample(4000, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4000, 1, 4, 4)
+    frac = x[:, 0, 0, 0].mean().item()
+    assert abs(frac - 0.25) < 0.03            # binomial std 0.007
+    assert 0 < x[:20, 0, 0, 0].sum() < 20     # shuffled, not source-ordered
+    with pytest.raises(ValueError, match="one non-negative weight per source"):
+        T.Mixture([Const(0)], [0.5, 0.5])
+
+
+def test_mixture_rejects_sources_of_different_shapes():
+    class Shape:
+        def __init__(self, s):
+            self.s = s
+
+        def sample(self, n, *, generator):
+            return torch.zeros(n, 1, self.s, self.s)
+
+    with pytest.raises(ValueError, match="different item shapes"):
+        T.Mixture([Shape(4), Shape(8)], [1, 1]).sample(64, generator=torch.Generator().manual_seed(0))

@@ -34,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -379,6 +380,27 @@ class _Phantoms:
         return x if self.crop is None or self.crop >= self.size else random_crop(x, self.crop, generator=generator)
 
 
+class Mixture:
+    """Batches drawn from several sources: each item comes from source ``i`` with probability
+    ``weights[i]`` (all sources must give the same crop shape); the batch order is shuffled."""
+
+    def __init__(self, sources: Sequence[DataSource], weights: Sequence[float]):
+        if len(sources) != len(weights) or not sources or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"need one non-negative weight per source, got {len(sources)} sources, weights {weights}")
+        self.sources = list(sources)
+        self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+
+    def sample(self, n: int, *, generator: torch.Generator) -> torch.Tensor:
+        counts = torch.bincount(torch.multinomial(self.weights, n, replacement=True, generator=generator),
+                                minlength=len(self.sources))
+        parts = [src.sample(int(k), generator=generator) for src, k in zip(self.sources, counts) if k > 0]
+        shapes = {tuple(x.shape[1:]) for x in parts}
+        if len(shapes) > 1:
+            raise ValueError(f"mixture sources give different item shapes {sorted(shapes)}; use one --crop for all")
+        x = torch.cat([x.to(parts[0].device) for x in parts])
+        return x[torch.randperm(n, generator=generator).to(x.device)]
+
+
 def _fastmri_images(path: Path) -> list[torch.Tensor]:
     """Complex ``(2, h, w)`` images of every slice of the fastMRI files under ``path``.
 
@@ -469,6 +491,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-res-blocks", type=int, default=2)
     p.add_argument("--sigma-data", type=float, default=None, help="default: measured on 256 training images")
     p.add_argument("--sigma-max", type=float, default=80.0)
+    p.add_argument("--init", default=None,
+                   help="start from this prior's weights (shipped name or .safetensors; fine-tuning): its network "
+                        "and sigma_data replace --base-channels, --channel-mult, --num-res-blocks, --sigma-*")
+    p.add_argument("--mix-natural", type=float, default=0.0,
+                   help="fraction of each batch drawn from natural-image crops (datasets.textures; needs --crop)")
+    p.add_argument("--p-mean", type=float, default=None,
+                   help="mean of ln(sigma) during training (default: -1.2 + ln(sigma_data / 0.5), EDM's)")
+    p.add_argument("--p-std", type=float, default=1.2, help="std of ln(sigma) during training")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     p.add_argument("--no-progress", action="store_true")
@@ -482,20 +512,37 @@ def main(argv: list[str] | None = None) -> int:
     crop = a.crop or None
     data, implied = _build_data(a.data, crop=crop, image_size=a.image_size, axis=a.axis, device=a.data_device,
                                 brain_template=a.brain_template)
-    probe = data.sample(256, generator=torch.Generator().manual_seed(a.seed + 7919)).float()
-    sigma_data = a.sigma_data or round(float(probe.std()), 3)
-    data_range = implied["data_range"] or (round(float(probe.min()), 3), round(float(probe.max()), 3))
-    # Module initialisation draws from the global RNG: fork it so the caller's state is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(a.seed)
-        prior = UNet(channels=implied["channels"], base_channels=a.base_channels,
-                     channel_mult=tuple(int(m) for m in a.channel_mult.split(",")), num_res_blocks=a.num_res_blocks,
-                     sigma_data=sigma_data, sigma_max=a.sigma_max, data_range=data_range)
+    if a.mix_natural:
+        if not 0 < a.mix_natural < 1 or crop is None:
+            raise ValueError(f"--mix-natural must lie in (0, 1) and needs --crop, got {a.mix_natural}, crop {crop}")
+        from diffinverse.datasets.textures import NaturalImageCrops
+
+        natural = NaturalImageCrops(crop, channels=implied["channels"])
+        data = Mixture([data, natural], [1 - a.mix_natural, a.mix_natural])
+    if a.init:
+        from diffinverse.priors.checkpoints import load
+
+        prior = load(a.init)
+        if not isinstance(prior, UNet) or prior.channels != implied["channels"]:
+            raise ValueError(f"--init {a.init}: need a {implied['channels']}-channel UNet for --data {a.data}, "
+                             f"got {type(prior).__name__} with {prior.channels} channels")
+    else:
+        probe = data.sample(256, generator=torch.Generator().manual_seed(a.seed + 7919)).float()
+        sigma_data = a.sigma_data or round(float(probe.std()), 3)
+        data_range = implied["data_range"] or (round(float(probe.min()), 3), round(float(probe.max()), 3))
+        # Module initialisation draws from the global RNG: fork it so the caller's state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(a.seed)
+            prior = UNet(channels=implied["channels"], base_channels=a.base_channels,
+                         channel_mult=tuple(int(m) for m in a.channel_mult.split(",")),
+                         num_res_blocks=a.num_res_blocks, sigma_data=sigma_data, sigma_max=a.sigma_max,
+                         data_range=data_range)
     train(prior, data, steps=a.steps, out_dir=a.out, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
           ema_decay=a.ema_decay, checkpoint_every=a.checkpoint_every, log_every=a.log_every, seed=a.seed,
           device=a.device, resume=not a.no_resume, amp=False if a.no_amp else None, compile=a.compile,
-          progress=not a.no_progress, metadata={"data": a.data, "crop": crop}, time_limit_s=a.time_limit,
-          save_dtype=torch.float16 if a.save_fp16 else None)
+          progress=not a.no_progress, metadata={"data": a.data, "crop": crop, "mix_natural": a.mix_natural,
+                                                              "init": a.init}, time_limit_s=a.time_limit,
+          save_dtype=torch.float16 if a.save_fp16 else None, P_mean=a.p_mean, P_std=a.p_std)
     if int(os.environ.get("RANK", "0")) == 0:
         print(Path(a.out) / FINAL)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
