@@ -6,11 +6,14 @@ same problems); here at ``--size`` pixels, on ``--images`` held-out images of an
 Part 1 prints the table (means over the images; time = wall time of the whole batch, including
 the warm-start baseline for the samplers). Part 2, on 4x single-coil MRI and 60-view CT, runs DPS
 and RED-Diff at several step counts, deepinv's ``DPS`` (cold start, its default VP schedule, DDPM
-solver, ``weight=1``, our prior as its denoiser) at small step counts, and the classical
-baseline, and saves ``benchmarks/psnr_vs_time.png``.
+solver, our prior as its denoiser; guidance ``weight`` 1 by default or per task from
+``--deepinv-weights``) at ``--deepinv-steps``, and the classical baseline, and saves
+``benchmarks/psnr_vs_time.png``.
 
 Usage:
     python benchmarks/bench_end_to_end.py --size 64 --images 8 --threads 2
+    python benchmarks/bench_end_to_end.py --time-study-only --deepinv-steps 1000 \
+        --deepinv-weights mri_1coil_4x_random=1,ct_60_views=0.1
 """
 from __future__ import annotations
 
@@ -83,13 +86,13 @@ def table(e2e, priors, size, n, seed):
     return rows
 
 
-def deepinv_dps(prior, steps, y, physics, seed):
-    sampler = dinv.sampling.DPS(prior, num_steps=steps, device="cpu", dtype=torch.float32,
+def deepinv_dps(prior, steps, y, physics, seed, weight=1.0):
+    sampler = dinv.sampling.DPS(prior, num_steps=steps, weight=weight, device="cpu", dtype=torch.float32,
                                 rng=torch.Generator().manual_seed(seed))
     return sampler(y, physics, seed=seed)
 
 
-def time_study(e2e, priors, size, n, seed, dps_steps, red_steps, deepinv_steps):
+def time_study(e2e, priors, size, n, seed, dps_steps, red_steps, deepinv_steps, deepinv_weights):
     curves = {}
     for task in ("mri_1coil_4x_random", "ct_60_views"):
         cfg = e2e.CONFIG[task]
@@ -109,10 +112,12 @@ def time_study(e2e, priors, size, n, seed, dps_steps, red_steps, deepinv_steps):
                 kw = dict(cfg[key], num_steps=steps)
                 (out, nfe), t = _timed(lambda: _run_sampler(cls, prior, kw, y, physics, x_init, 1))
                 pts[name].append((t + t_init, *e2e.scores(x, out), nfe))
-        pts["DPS (deepinv, cold)"] = []
+        weight = deepinv_weights.get(task, 1.0)
+        name = f"DPS (deepinv, cold, weight {weight:g})"
+        pts[name] = []
         for steps in deepinv_steps:
-            out, t = _timed(lambda: deepinv_dps(prior, steps, y, physics, 1))
-            pts["DPS (deepinv, cold)"].append((t, *e2e.scores(x, out), steps))
+            out, t = _timed(lambda: deepinv_dps(prior, steps, y, physics, 1, weight))
+            pts[name].append((t, *e2e.scores(x, out), steps))
         for k, v in pts.items():
             for t, p, s, nfe in v:
                 print(f"{task:22s} {k:24s} time {t:7.2f}s PSNR {p:6.2f} SSIM {s:.4f} NFE {nfe}", flush=True)
@@ -151,6 +156,8 @@ def main() -> None:
     ap.add_argument("--dps-steps", default="20,40,80")
     ap.add_argument("--red-steps", default="20,40,80,160")
     ap.add_argument("--deepinv-steps", default="10,25")
+    ap.add_argument("--deepinv-weights", default="",
+                    help="deepinv DPS guidance weight per task, e.g. mri_1coil_4x_random=1,ct_60_views=0.1 (default 1)")
     ap.add_argument("--json", default=str(HERE / "bench_end_to_end.json"))
     ap.add_argument("--time-study-only", action="store_true", help="skip the task table")
     ap.add_argument("--plot", default=str(HERE / "psnr_vs_time.png"))
@@ -162,7 +169,8 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = [] if args.time_study_only else table(e2e, priors, args.size, args.images, args.seed)
     curves = time_study(e2e, priors, args.size, args.images, args.seed, ints(args.dps_steps), ints(args.red_steps),
-                        ints(args.deepinv_steps))
+                        ints(args.deepinv_steps),
+                        {k: float(v) for k, v in (kv.split("=") for kv in args.deepinv_weights.split(",") if kv)})
     plot(curves, Path(args.plot))
     Path(args.json).write_text(json.dumps({"args": vars(args), "table": rows, "curves": curves}, indent=1))
     print(f"total {time.perf_counter() - t0:.0f}s")

@@ -23,16 +23,16 @@ References:
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+
+from diffinverse._io import atomic_output
 
 __all__ = ["FastMRIError", "FastMRIFile", "TARGET_KEYS", "DEFAULT_RECON_SIZE", "atomic_output",
            "center_crop", "ismrmrd_header", "write_fastmri_file", "write_submission"]
@@ -229,38 +229,6 @@ def _describe(index: int | slice, n: int) -> str:
         start, stop, _ = index.indices(n)
         return f"{start}:{stop}"
     return str(index)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Write a file atomically: yield a temporary path next to ``path``, then rename it.
-
-    The temporary file lives in the destination's directory (so ``os.replace`` is an atomic
-    rename on the same file system) and keeps the destination's suffixes (so writers that pick
-    a format from the extension, such as nibabel and matplotlib, still work). If the body
-    raises, the temporary file is removed and ``path`` is left as it was.
-
-    Args:
-        path: the destination.
-        overwrite: replace an existing ``path``; otherwise an existing file is an error.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is false (checked before and after writing).
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes))
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path}: appeared while writing; not overwritten")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _as_numpy(a) -> np.ndarray:

@@ -10,11 +10,12 @@ References:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from diffinverse._io import atomic_output
 
 __all__ = ["NIFTI_SUFFIXES", "read_nifti", "nifti_slices", "write_nifti"]
 
@@ -83,7 +84,7 @@ def nifti_slices(path: str | os.PathLike, *, axis: int = 2) -> torch.Tensor:
 
 def write_nifti(path: str | os.PathLike, volume: torch.Tensor | np.ndarray, affine: np.ndarray | torch.Tensor, *,
                 overwrite: bool = False) -> Path:
-    """Write a 3D volume as NIfTI, atomically (temporary file in the same folder + ``os.replace``).
+    """Write a 3D volume as NIfTI, atomically (:func:`diffinverse._io.atomic_output`).
 
     Args:
         path: destination ``.nii`` or ``.nii.gz`` (compression follows the suffix).
@@ -104,8 +105,6 @@ def write_nifti(path: str | os.PathLike, volume: torch.Tensor | np.ndarray, affi
     p = Path(path)
     if not _is_nifti(p):
         raise ValueError(f"{p}: expected a NIfTI file name ending in {' or '.join(NIFTI_SUFFIXES)}")
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{p}: exists (pass overwrite=True to replace it)")
     vol = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
     if np.iscomplexobj(vol) or vol.ndim != 3:
         raise ValueError(f"volume must be a real (X, Y, Z) array, got shape {vol.shape} dtype {vol.dtype}")
@@ -116,13 +115,6 @@ def write_nifti(path: str | os.PathLike, volume: torch.Tensor | np.ndarray, affi
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
     img.header.set_xyzt_units("mm")
-    suffix = ".nii.gz" if p.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_output(p, overwrite=overwrite) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p

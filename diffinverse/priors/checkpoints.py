@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from diffinverse._io import atomic_output
 from diffinverse.priors.base import Prior, RangeAdapter, VPDenoiser
 
 __all__ = ["PRIOR_CLASSES", "available", "load", "load_deepinv", "load_diffusers", "save"]
@@ -99,9 +99,8 @@ def save(prior: Prior, path: str | Path, *, metadata: Mapping | None = None,
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"config": text})
-    os.replace(tmp, path)
+    with atomic_output(path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp), metadata={"config": text})
     return path
 
 

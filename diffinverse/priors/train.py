@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from diffinverse._io import atomic_output
 from diffinverse.priors.base import Prior, sigma_like
 
 __all__ = ["DataSource", "edm_loss", "sample_sigma", "ema_update", "save_checkpoint", "load_checkpoint",
@@ -121,16 +121,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, ema: nn.Module
             "optim_groups": json.dumps(opt["param_groups"]), "optim_scalars": json.dumps(scalars)}
     blob = save(tensors, metadata=meta)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_bytes(blob)
     return path
 
 
