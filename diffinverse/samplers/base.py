@@ -126,6 +126,12 @@ class DiffusionSampler:
             denoised estimate. Tensors are passed as they are: clone them to keep them.
         autocast: run the network under bf16 autocast (worthwhile on recent GPUs); its output is
             cast back to the state's dtype.
+        channels_last: hand the network its input in channels-last memory layout (4-D states
+            only); convolutions then run in NHWC. Same numbers up to float rounding; the speed-up
+            depends on the hardware (``benchmarks/bench_network_call.py``).
+        compile: ``torch.compile`` the prior for the network calls (``True``, or a dict of
+            ``torch.compile`` keyword arguments). Opt-in for GPUs: measured on CPU, compiled
+            forward+backward ran at 0.65x the speed of eager mode. The first call compiles.
 
     Attributes:
         last_nfe: number of network evaluations of the last call (one evaluation = one call of
@@ -136,7 +142,8 @@ class DiffusionSampler:
                  schedule: Callable[..., torch.Tensor] | torch.Tensor = karras,
                  sigma_min: float | None = None, sigma_max: float | None = None,
                  sigma_start: float | None = None, progress: bool = True,
-                 callback: Callback | None = None, autocast: bool = False):
+                 callback: Callback | None = None, autocast: bool = False, channels_last: bool = False,
+                 compile: bool | dict = False):
         if not callable(prior):
             raise TypeError(f"prior must be a denoiser callable as prior(x, sigma), got {type(prior).__name__}")
         self.prior = prior
@@ -152,6 +159,10 @@ class DiffusionSampler:
         self.progress = progress
         self.callback = callback
         self.autocast = autocast
+        self.channels_last = channels_last
+        self._network = prior
+        if compile:
+            self._network = torch.compile(prior, **(compile if isinstance(compile, dict) else {}))
         self.last_nfe = 0
         self._nfe = 0
 
@@ -194,10 +205,12 @@ class DiffusionSampler:
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The prior's Tweedie mean ``D(x, sigma)``, counted as one network evaluation."""
         self._nfe += 1
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if not self.autocast:
-            return self.prior(x, sigma)
+            return self._network(x, sigma)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.prior(x, sigma).to(x.dtype)
+            return self._network(x, sigma).to(x.dtype)
 
     def schedule_for(self, sigma_start: float | None) -> torch.Tensor:
         """The float64 grid of a run: the full grid, or its part below ``sigma_start`` (warm start).

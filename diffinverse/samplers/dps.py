@@ -60,7 +60,7 @@ class DPS(DiffusionSampler):
         zeta: guidance step size (see the module notes for its scale).
         squared_norm: guide with ``||y - A(x0_hat)||^2`` (paper) instead of the plain norm (code).
         clip_x0: clip ``x0_hat`` to ``prior.data_range`` before the guidance and the ancestral step.
-        **kwargs: schedule, warm start, progress, callback and autocast options of
+        **kwargs: schedule, warm start, progress, callback, autocast, channels_last and compile options of
             :class:`~diffinverse.samplers.base.DiffusionSampler`.
 
     Example:

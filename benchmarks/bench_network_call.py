@@ -1,0 +1,75 @@
+"""Cost of one network call of a shipped prior under the sampler's options: memory format and compile.
+
+For the shipped ``mri-brain`` UNet (1.53M parameters) at 64x64 (batch 8) and 256x256 (batch 1),
+times one forward (RED-Diff's call, under ``inference_mode``) and one forward+backward (DPS's call)
+with contiguous (NCHW) inputs and with channels-last inputs, interleaved over ``--repeats`` rounds
+(minimum of each; machines here are noisy, so only the ratios measured side by side in one run
+mean anything). ``--compile`` adds ``torch.compile`` of the prior (compilation time excluded).
+
+Usage::
+
+    python benchmarks/bench_network_call.py --threads 2 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from diffinverse.priors import load
+
+
+def _call(prior, x, sigma, backward):
+    if not backward:
+        with torch.inference_mode():
+            return prior(x, sigma)
+    x = x.detach().requires_grad_(True)
+    out = prior(x, sigma)
+    (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
+    return g
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    prior = load("mri-brain", device=dev).eval().requires_grad_(False)
+    variants = {"contiguous": (prior, torch.contiguous_format), "channels_last": (prior, torch.channels_last)}
+    if args.compile:
+        variants["compiled"] = (torch.compile(prior), torch.contiguous_format)
+    rows = []
+    for size, batch in ((64, 8), (256, 1)):
+        x0 = torch.randn(batch, 2, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+        for backward in (False, True):
+            best = {k: float("inf") for k in variants}
+            for r in range(args.repeats + 1):  # round 0 warms up (and compiles)
+                for name, (net, fmt) in variants.items():
+                    x = x0.contiguous(memory_format=fmt)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    _call(net, x, 0.3, backward)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    if r:
+                        best[name] = min(best[name], time.perf_counter() - t)
+            row = {"size": size, "batch": batch, "call": "forward+backward" if backward else "forward",
+                   **{f"{k}_ms": 1000 * v for k, v in best.items()},
+                   **{f"{k}_speedup": best["contiguous"] / v for k, v in best.items() if k != "contiguous"}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
