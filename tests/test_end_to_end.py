@@ -13,7 +13,9 @@ Data:
     lower-resolution acquisition of the whole head, so the field of view and the air around the
     head are kept), rescaled to the prior's range (magnitude 99.5th percentile 1). k-space noise
     of std 0.01 on the sampled entries; single-coil at 4x (random lines) and 8x (equispaced),
-    8 simulated birdcage coils (sigpy) at 4x (random lines), 8 % centre lines.
+    8 simulated birdcage coils (sigpy) at 4x (random lines) and 8x (equispaced); 8 % / 4 % centre lines.
+    The 8-coil 8x case was added later with the 8-coil 4x settings unchanged (on the tuning images:
+    SENSE 19.21 / 0.443, DPS 21.03 / 0.566, RED-Diff 20.39 / 0.507).
   * CT, deblurring, inpainting, super-resolution ("ct-ellipses"): fresh synthetic CT slices in
     [0, 1] (``synthetic_ct_slices``, the prior's training generator, with a seed it never used). CT: parallel beam, 60 and 30 views over 180 degrees, torch backend, Gaussian
     sinogram noise of 1 % of the sinogram's maximum. Deblurring: Gaussian kernel std 2 px,
@@ -91,6 +93,11 @@ CONFIG = {
         dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
         reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
         margin=(0.3, 0.03)),
+    "mri_8coil_8x_equispaced": dict(
+        baseline="adjoint", init="adjoint",
+        dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
+        reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
+        margin=(0.3, 0.02)),
     "ct_60_views": dict(
         baseline="tv", tv_lam=1.0, init="tv",
         dps=dict(num_steps=60, zeta=2.7e-4, squared_norm=True, sigma_start=0.05),
@@ -152,12 +159,9 @@ def make_task(name: str, n: int, size: int, seed: int) -> tuple[torch.Tensor, to
     if name.startswith("mri"):
         x = brain_images(n, size, seed)
         shape = (size, size)
-        if name == "mri_1coil_4x_random":
-            physics = SingleCoilMRI(random_lines(shape, 4, 0.08, generator=g))
-        elif name == "mri_1coil_8x_equispaced":
-            physics = SingleCoilMRI(equispaced_lines(shape, 8, 0.04, generator=g))
-        else:
-            physics = MultiCoilMRI(random_lines(shape, 4, 0.08, generator=g), simulate_coil_maps(8, shape))
+        mask = (random_lines(shape, 4, 0.08, generator=g) if name.endswith("4x_random")
+                else equispaced_lines(shape, 8, 0.04, generator=g))
+        physics = SingleCoilMRI(mask) if "_1coil_" in name else MultiCoilMRI(mask, simulate_coil_maps(8, shape))
         y = physics.A(x)
         y = y + 0.01 * torch.randn(y.shape, generator=g) * physics.mask
         return x, y, physics, "mri-brain"
