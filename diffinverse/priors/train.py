@@ -529,11 +529,11 @@ def main(argv: list[str] | None = None) -> int:
                          channel_mult=tuple(int(m) for m in a.channel_mult.split(",")),
                          num_res_blocks=a.num_res_blocks, sigma_data=sigma_data, sigma_max=a.sigma_max,
                          data_range=data_range)
+    metadata = {"data": a.data, "crop": crop, "mix_natural": a.mix_natural, "init": a.init}
     train(prior, data, steps=a.steps, out_dir=a.out, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
           ema_decay=a.ema_decay, checkpoint_every=a.checkpoint_every, log_every=a.log_every, seed=a.seed,
           device=a.device, resume=not a.no_resume, amp=False if a.no_amp else None, compile=a.compile,
-          progress=not a.no_progress, metadata={"data": a.data, "crop": crop, "mix_natural": a.mix_natural,
-                                                              "init": a.init}, time_limit_s=a.time_limit,
+          progress=not a.no_progress, metadata=metadata, time_limit_s=a.time_limit,
           save_dtype=torch.float16 if a.save_fp16 else None, P_mean=a.p_mean, P_std=a.p_std)
     if int(os.environ.get("RANK", "0")) == 0:
         print(Path(a.out) / FINAL)
