@@ -32,7 +32,8 @@ from diffinverse.samplers.reddiff import REDDiff
 HERE = Path(__file__).resolve().parent
 
 
-def _load_test_module():
+def load_test_module():
+    """``tests/test_end_to_end.py`` as a module: its tasks, frozen settings, data and scores."""
     spec = importlib.util.spec_from_file_location("e2e", HERE.parent / "tests" / "test_end_to_end.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -55,7 +56,7 @@ def _priors(e2e):
     return out
 
 
-def _run_sampler(cls, prior, kw, y, physics, x_init, seed):
+def run_sampler(cls, prior, kw, y, physics, x_init, seed):
     kw = dict(kw)
     sigma_start = kw.pop("sigma_start")
     sampler = cls(prior, progress=False, **kw)
@@ -77,7 +78,7 @@ def table(e2e, priors, size, n, seed):
             rows.append((task, f"TV (lam {cfg['tv_lam']:g})", *e2e.scores(x, x_tv), t_tv, 0))
             x_init, t_init = x_tv, t_tv
         for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
-            (out, nfe), t = _timed(lambda: _run_sampler(cls, prior, cfg[name.lower().replace("-", "")], y, physics,
+            (out, nfe), t = _timed(lambda: run_sampler(cls, prior, cfg[name.lower().replace("-", "")], y, physics,
                                                          x_init, 1))
             rows.append((task, f"{name} (warm)", *e2e.scores(x, out), t + t_init, nfe))
         for r in rows[-4:]:
@@ -110,7 +111,7 @@ def time_study(e2e, priors, size, n, seed, dps_steps, red_steps, deepinv_steps, 
             pts[name] = []
             for steps in steps_list:
                 kw = dict(cfg[key], num_steps=steps)
-                (out, nfe), t = _timed(lambda: _run_sampler(cls, prior, kw, y, physics, x_init, 1))
+                (out, nfe), t = _timed(lambda: run_sampler(cls, prior, kw, y, physics, x_init, 1))
                 pts[name].append((t + t_init, *e2e.scores(x, out), nfe))
         weight = deepinv_weights.get(task, 1.0)
         name = f"DPS (deepinv, cold, weight {weight:g})"
@@ -164,7 +165,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
-    e2e = _load_test_module()
+    e2e = load_test_module()
     priors = _priors(e2e)
     t0 = time.perf_counter()
     rows = [] if args.time_study_only else table(e2e, priors, args.size, args.images, args.seed)

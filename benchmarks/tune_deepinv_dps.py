@@ -12,16 +12,12 @@ prior as deepinv's denoiser; prints mean PSNR / SSIM per weight. The weights beh
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
-from pathlib import Path
 
-import deepinv as dinv
 import torch
+from bench_end_to_end import deepinv_dps, load_test_module
 
 from diffinverse.priors import load
-
-TESTS = Path(__file__).resolve().parents[1] / "tests" / "test_end_to_end.py"
 
 
 def main() -> None:
@@ -33,16 +29,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    spec = importlib.util.spec_from_file_location("e2e", TESTS)
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
+    e2e = load_test_module()
     x, y, physics, prior_name = e2e.make_task(args.task, args.images, 64, 1000)
     prior = load(prior_name).eval().requires_grad_(False)
     for w in (float(v) for v in args.weights.split(",")):
         t = time.perf_counter()
-        sampler = dinv.sampling.DPS(prior, num_steps=args.steps, weight=w, device="cpu", dtype=torch.float32,
-                                    rng=torch.Generator().manual_seed(1))
-        p, s = e2e.scores(x, sampler(y, physics, seed=1))
+        p, s = e2e.scores(x, deepinv_dps(prior, args.steps, y, physics, 1, w))
         print(f"{args.task} steps {args.steps} weight {w:g}  PSNR {p:.2f} SSIM {s:.4f}  {time.perf_counter() - t:.0f}s",
               flush=True)
 

@@ -14,18 +14,15 @@ Usage (the grids that set the current super-resolution and RED-Diff inpainting v
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import time
-from pathlib import Path
 
 import torch
+from bench_end_to_end import load_test_module, run_sampler
 
 from diffinverse.priors import load
 from diffinverse.samplers import DPS, REDDiff
-
-TESTS = Path(__file__).resolve().parents[1] / "tests" / "test_end_to_end.py"
 
 
 def main() -> None:
@@ -37,9 +34,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    spec = importlib.util.spec_from_file_location("e2e", TESTS)
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
+    e2e = load_test_module()
     cfg = e2e.CONFIG[args.task]
     x, y, physics, prior_name = e2e.make_task(args.task, args.images, 64, 1000)
     prior = load(prior_name).eval().requires_grad_(False)
@@ -48,10 +43,8 @@ def main() -> None:
     grid = json.loads(args.grid)
     for values in itertools.product(*grid.values()):
         kw = dict(cfg[args.method], **dict(zip(grid, values)))
-        sigma_start = kw.pop("sigma_start")
-        sampler = (DPS if args.method == "dps" else REDDiff)(prior, progress=False, **kw)
         t = time.perf_counter()
-        out = sampler(y, physics, generator=torch.Generator().manual_seed(1), x_init=x_tv, sigma_start=sigma_start)
+        out, _ = run_sampler(DPS if args.method == "dps" else REDDiff, prior, kw, y, physics, x_tv, 1)
         p, s = e2e.scores(x, out)
         print(f"{dict(zip(grid, values))}  PSNR {p:.2f} SSIM {s:.4f}  {time.perf_counter() - t:.1f}s", flush=True)
 
