@@ -78,7 +78,8 @@ import torch
 from tqdm.auto import tqdm
 
 from diffinverse import metrics as M
-from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, atomic_output, center_crop, write_submission
+from diffinverse._io import atomic_output
+from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, center_crop, write_submission
 from diffinverse.datasets.volumes import write_nifti
 from diffinverse.operators.coils import estimate_coil_maps
 from diffinverse.operators.masks import equispaced_lines, random_lines, variable_density_2d
@@ -474,29 +475,29 @@ def _write_outputs(stem: str, rec: np.ndarray, std: np.ndarray | None, targets: 
         with atomic_output(paths["png"], overwrite=ow) as tmp:
             save_preview(tmp, rec, targets, std, title=f"{stem}: {record['method']}, {record['mask']}")
     if "nifti" in paths:
-        with atomic_output(paths["nifti"], overwrite=ow) as tmp:
-            save_nifti(tmp, rec, info["voxel_size_mm"])
+        save_nifti(paths["nifti"], rec, info["voxel_size_mm"], overwrite=ow)
         if std is not None:
-            with atomic_output(paths["nifti_std"], overwrite=ow) as tmp:
-                save_nifti(tmp, std, info["voxel_size_mm"])
+            save_nifti(paths["nifti_std"], std, info["voxel_size_mm"], overwrite=ow)
     if "h5" in paths:
         attrs = {"method": record["method"], "mask": record["mask"], "slices": record["slices"],
                  "source": record["input"], "acquisition": info["acquisition"] or ""}
         write_submission(paths["h5"], rec, std=std, attrs=attrs, overwrite=ow)
 
 
-def save_nifti(path: Path, volume: np.ndarray, voxel_size_mm: tuple[float, float, float] | None) -> None:
+def save_nifti(path: Path, volume: np.ndarray, voxel_size_mm: tuple[float, float, float] | None, *,
+               overwrite: bool = True) -> None:
     """Write a ``(S, h, w)`` magnitude volume as NIfTI.
 
     The array is stored as ``(h, w, S)``: voxel axis ``i`` = image rows (readout), ``j`` = image
     columns (phase encode), ``k`` = slices. The affine is ``diag(dx, dy, dz, 1)`` with the voxel
     sizes from the header's ``reconSpace`` field of view over its matrix size (``dz`` = slice
     thickness), or 1 mm where the header does not state them. fastMRI headers carry no patient
-    position or orientation, so the axes are the acquisition's, not scanner RAS.
+    position or orientation, so the axes are the acquisition's, not scanner RAS. Written atomically
+    (:func:`~diffinverse.datasets.volumes.write_nifti`); ``overwrite=False`` refuses an existing file.
     """
     vox = voxel_size_mm or (1.0, 1.0, 1.0)
     affine = np.diag([float(vox[0]), float(vox[1]), float(vox[2]), 1.0])
-    write_nifti(path, np.transpose(volume, (1, 2, 0)), affine, overwrite=True)
+    write_nifti(path, np.transpose(volume, (1, 2, 0)), affine, overwrite=overwrite)
 
 
 def save_preview(path: Path, rec: np.ndarray, targets: dict, std: np.ndarray | None, *, title: str) -> None:
