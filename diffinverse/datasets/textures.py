@@ -83,8 +83,7 @@ class NaturalImageCrops:
         left = int(torch.randint(im.shape[-1] - side + 1, (1,), generator=generator))
         x = im[None, :, top:top + side, left:left + side]
         if side != self.crop:
-            x = F.interpolate(x, size=(self.crop, self.crop), mode="area" if side > self.crop else "bilinear",
-                              **({} if side > self.crop else {"align_corners": False}))
+            x = F.interpolate(x, size=(self.crop, self.crop), mode="area" if side > self.crop else "bilinear")
         x = torch.rot90(x, int(torch.randint(4, (1,), generator=generator)), dims=(-2, -1))
         if torch.rand(1, generator=generator) < 0.5:
             x = x.flip(-1)
