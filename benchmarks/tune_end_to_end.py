@@ -1,8 +1,8 @@
 """Grid search of a sampler's hyper-parameters for one end-to-end task, on the tuning images.
 
 Uses the tasks of ``tests/test_end_to_end.py`` on the tuning seed 1000 (4 images, 64x64; the test
-uses seed 0, the benchmark seed 2000), warm-started from the task's TV reconstruction, and prints
-mean PSNR / SSIM per grid point next to TV's. The grid is a JSON object of lists; each point
+uses seed 0, the benchmark seed 2000), warm-started from the task's TV reconstruction (MRI: zero-filled / SENSE-CG), and prints
+mean PSNR / SSIM per grid point next to that baseline's. The grid is a JSON object of lists; each point
 overrides the task's frozen settings.
 
 Usage (the grids that set the current super-resolution and RED-Diff inpainting values)::
@@ -38,13 +38,17 @@ def main() -> None:
     cfg = e2e.CONFIG[args.task]
     x, y, physics, prior_name = e2e.make_task(args.task, args.images, 64, 1000)
     prior = load(prior_name).eval().requires_grad_(False)
-    x_tv = e2e.tv(y, physics, cfg["tv_lam"])
-    print("TV  PSNR {:.2f} SSIM {:.4f}".format(*e2e.scores(x, x_tv)), flush=True)
+    if cfg["init"] == "tv":
+        x_init = e2e.tv(y, physics, cfg["tv_lam"])
+        print("TV  PSNR {:.2f} SSIM {:.4f}".format(*e2e.scores(x, x_init)), flush=True)
+    else:
+        x_init = physics.A_dagger(y)
+        print("A_dagger  PSNR {:.2f} SSIM {:.4f}".format(*e2e.scores(x, x_init)), flush=True)
     grid = json.loads(args.grid)
     for values in itertools.product(*grid.values()):
         kw = dict(cfg[args.method], **dict(zip(grid, values)))
         t = time.perf_counter()
-        out, _ = run_sampler(DPS if args.method == "dps" else REDDiff, prior, kw, y, physics, x_tv, 1)
+        out, _ = run_sampler(DPS if args.method == "dps" else REDDiff, prior, kw, y, physics, x_init, 1)
         p, s = e2e.scores(x, out)
         print(f"{dict(zip(grid, values))}  PSNR {p:.2f} SSIM {s:.4f}  {time.perf_counter() - t:.1f}s", flush=True)
 
