@@ -8,10 +8,12 @@ backward pass for DPS (its guidance differentiates through the network) and one 
 under ``torch.inference_mode`` for RED-Diff. 1.00 means the loop adds nothing to the network.
 The network is a small randomly initialised :class:`diffinverse.priors.unet.UNet` (speed does
 not depend on the weights). The operator is a random-pixel inpainting (cheap, so the ratio
-measures the sampler, not the physics).
+measures the sampler, not the physics). Our samplers hand the network channels-last input (their
+default), deepinv the standard layout; each overhead is taken against the network call in the
+layout its sampler uses.
 
 Usage:
-    python benchmarks/bench_samplers.py --size 64 --steps 10 --threads 2 [--device cuda]
+    python benchmarks/bench_samplers.py --size 64 --steps 10 --threads 2 [--channels 2] [--device cuda]
 """
 from __future__ import annotations
 
@@ -46,29 +48,33 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--base-channels", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=1, help="image channels (2: complex MRI-like)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    prior = UNet(channels=1, base_channels=args.base_channels, channel_mult=(1, 2, 2), num_res_blocks=1,
+    prior = UNet(channels=args.channels, base_channels=args.base_channels, channel_mult=(1, 2, 2), num_res_blocks=1,
                  data_range=(0.0, 1.0)).to(device).eval()
     for p in prior.parameters():
         p.requires_grad_(False)
     n_params = sum(p.numel() for p in prior.parameters())
     g = torch.Generator(device=device).manual_seed(0)
-    shape = (1, 1, args.size, args.size)
+    shape = (1, args.channels, args.size, args.size)
     x_true = torch.rand(shape, generator=g, device=device)
     physics = dinv.physics.Inpainting(img_size=shape[1:], mask=0.5, device=device, rng=g)
     y = physics(x_true)
     sigma = 1.0
 
-    def fwd():
-        with torch.inference_mode():
-            prior(x_true, sigma)
+    # the network call in the standard layout (deepinv's) and in channels-last (our samplers' default)
+    nhwc = x_true.contiguous(memory_format=torch.channels_last)
 
-    def fwd_bwd():
-        x = x_true.clone().requires_grad_(True)
+    def fwd(x=nhwc):
+        with torch.inference_mode():
+            prior(x, sigma)
+
+    def fwd_bwd(x=nhwc):
+        x = x.clone().requires_grad_(True)
         out = prior(x, sigma)
         torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
 
@@ -80,6 +86,7 @@ def main() -> None:
     runs = {
         "fwd": lambda: [fwd() for _ in range(args.steps)],
         "fwd_bwd": lambda: [fwd_bwd() for _ in range(args.steps)],
+        "fwd_bwd_standard": lambda: [fwd_bwd(x_true) for _ in range(args.steps)],
         "dps": lambda: dps(y, physics, generator=torch.Generator(device=device).manual_seed(0)),
         "reddiff": lambda: red(y, physics, generator=torch.Generator(device=device).manual_seed(0)),
         "deepinv_dps": lambda: theirs(y, physics, seed=0),
@@ -92,7 +99,7 @@ def main() -> None:
             t = _timed(fn, device)
             if r > 0:  # the first round is a warm-up
                 best[name] = min(best[name], t)
-    t_f, t_fb = best["fwd"] / args.steps, best["fwd_bwd"] / args.steps
+    t_f, t_fb, t_fb_std = (best[k] / args.steps for k in ("fwd", "fwd_bwd", "fwd_bwd_standard"))
     t_dps, t_red, t_theirs = best["dps"], best["reddiff"], best["deepinv_dps"]
     nfe_dps, nfe_red = dps.last_nfe, red.last_nfe
     # deepinv's ancestral solver skips the network at its last timestep: count its calls
@@ -104,11 +111,12 @@ def main() -> None:
 
     print(f"device={device} threads={args.threads} size={args.size} steps={args.steps} "
           f"UNet params={n_params / 1e6:.2f}M")
-    print(f"network: forward {t_f * 1e3:.1f} ms, forward+backward {t_fb * 1e3:.1f} ms")
+    print(f"network: forward {t_f * 1e3:.1f} ms, forward+backward {t_fb * 1e3:.1f} ms (channels-last input), "
+          f"forward+backward {t_fb_std * 1e3:.1f} ms (standard layout)")
     print(f"DPS (ours):      {t_dps:.3f} s, NFE {nfe_dps}, overhead {t_dps / (nfe_dps * t_fb):.3f} x (fwd+bwd)")
     print(f"RED-Diff (ours): {t_red:.3f} s, NFE {nfe_red}, overhead {t_red / (nfe_red * t_f):.3f} x (fwd)")
-    print(f"DPS (deepinv):   {t_theirs:.3f} s, NFE {nfe_theirs}, overhead {t_theirs / (nfe_theirs * t_fb):.3f} x "
-          f"(fwd+bwd)")
+    print(f"DPS (deepinv):   {t_theirs:.3f} s, NFE {nfe_theirs}, overhead {t_theirs / (nfe_theirs * t_fb_std):.3f} x "
+          f"(fwd+bwd, standard layout)")
     print(f"speed ratio deepinv / ours at {args.steps} steps: {t_theirs / t_dps:.3f}; "
           f"per network evaluation: {(t_theirs / nfe_theirs) / (t_dps / nfe_dps):.3f}")
 

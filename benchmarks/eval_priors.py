@@ -16,6 +16,9 @@ Usage::
 
     python benchmarks/eval_priors.py --prior mri-brain --out diffinverse/weights/mri-brain.eval.json
     python benchmarks/eval_priors.py --prior ct-ellipses --out diffinverse/weights/ct-ellipses.eval.json
+    # a training checkpoint of a fine-tune of mri-brain (its EMA or its trained weights):
+    python benchmarks/eval_priors.py --prior mri-brain --checkpoint runs/ft2/mri-brain/checkpoint.safetensors \
+        --weights ema --no-bm3d --out runs/ft2/eval_ema.json
 """
 from __future__ import annotations
 
@@ -134,14 +137,21 @@ def main() -> None:
     ap.add_argument("--kind", choices=["mri-brain", "ct-ellipses"], help="data kind (default: from --prior)")
     ap.add_argument("--out", type=Path, required=True, help="JSON file with the results")
     ap.add_argument("--no-bm3d", action="store_true")
+    ap.add_argument("--checkpoint", type=Path, help="training checkpoint whose weights replace --prior's")
+    ap.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights of --checkpoint")
     args = ap.parse_args()
     kind = args.kind or args.prior
     from diffinverse.priors.checkpoints import load
 
     prior = load(args.prior).eval()
+    if args.checkpoint is not None:
+        from diffinverse.priors.train import load_checkpoint
+
+        prior.load_state_dict(load_checkpoint(args.checkpoint)[args.weights])
     t0 = time.perf_counter()
     result = {
         "prior": args.prior,
+        "checkpoint": None if args.checkpoint is None else f"{args.checkpoint} ({args.weights})",
         "sigmas": SIGMAS,
         "synthetic_heldout": evaluate(prior, synthetic_images(kind), 0, not args.no_bm3d),
         "real_unseen": evaluate(prior, real_mri_images() if kind == "mri-brain" else real_ct_images(), 1,

@@ -306,6 +306,7 @@ def test_channels_last_feeds_nhwc_and_changes_nothing_else(name):
         outs[flag] = SAMPLERS[name](net, num_steps=6, channels_last=flag)(
             y, physics, generator=torch.Generator().manual_seed(0))
         assert set(net.formats) == {flag}   # every network call saw NHWC exactly when asked
+        assert outs[flag].is_contiguous()   # the reconstruction comes back in the standard layout
     torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)
 
 

@@ -127,8 +127,10 @@ class DiffusionSampler:
         autocast: run the network under bf16 autocast (worthwhile on recent GPUs); its output is
             cast back to the state's dtype.
         channels_last: hand the network its input in channels-last memory layout (4-D states
-            only); convolutions then run in NHWC. Same numbers up to float rounding; measured 1.04-1.17x
-            faster per call on a 2-core CPU (``benchmarks/bench_network_call.py``).
+            only; default on); convolutions then run in NHWC. Same numbers up to float rounding;
+            measured 1.04-1.17x faster per call on a 2-core CPU (``benchmarks/bench_network_call.py``).
+            Turn it off for a denoiser that needs a standard-layout input (e.g. one calling
+            ``.view`` on it). Its output is returned in the standard layout either way.
         compile: ``torch.compile`` the prior for the network calls (``True``, or a dict of
             ``torch.compile`` keyword arguments). Opt-in for GPUs: measured on CPU, compiled
             forward+backward ran at 0.65x the speed of eager mode. The first call compiles.
@@ -142,7 +144,7 @@ class DiffusionSampler:
                  schedule: Callable[..., torch.Tensor] | torch.Tensor = karras,
                  sigma_min: float | None = None, sigma_max: float | None = None,
                  sigma_start: float | None = None, progress: bool = True,
-                 callback: Callback | None = None, autocast: bool = False, channels_last: bool = False,
+                 callback: Callback | None = None, autocast: bool = False, channels_last: bool = True,
                  compile: bool | dict = False):
         if not callable(prior):
             raise TypeError(f"prior must be a denoiser callable as prior(x, sigma), got {type(prior).__name__}")
@@ -203,14 +205,17 @@ class DiffusionSampler:
     # -- shared machinery ------------------------------------------------------------------
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The prior's Tweedie mean ``D(x, sigma)``, counted as one network evaluation."""
+        """The prior's Tweedie mean ``D(x, sigma)``, counted as one network evaluation.
+
+        Returned in the standard (contiguous) layout whatever layout the network computed in.
+        """
         self._nfe += 1
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.autocast:
-            return self._network(x, sigma)
+            return self._network(x, sigma).contiguous()
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self._network(x, sigma).to(x.dtype)
+            return self._network(x, sigma).to(x.dtype).contiguous()
 
     def schedule_for(self, sigma_start: float | None) -> torch.Tensor:
         """The float64 grid of a run: the full grid, or its part below ``sigma_start`` (warm start).
