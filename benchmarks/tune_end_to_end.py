@@ -1,9 +1,9 @@
 """Grid search of a sampler's hyper-parameters for one end-to-end task, on the tuning images.
 
 Uses the tasks of ``tests/test_end_to_end.py`` on the tuning seed 1000 (4 images, 64x64; the test
-uses seed 0, the benchmark seed 2000), warm-started from the task's TV reconstruction (MRI: zero-filled / SENSE-CG), and prints
-mean PSNR / SSIM per grid point next to that baseline's. The grid is a JSON object of lists; each point
-overrides the task's frozen settings.
+uses seed 0, the benchmark seed 2000), warm-started from the task's TV reconstruction (MRI: from
+zero-filled / SENSE-CG), and prints mean PSNR / SSIM per grid point next to that baseline's. The
+grid is a JSON object of lists; each point overrides the task's frozen settings.
 
 Usage (the grids that set the current super-resolution and RED-Diff inpainting values)::
 
