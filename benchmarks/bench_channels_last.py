@@ -13,7 +13,7 @@ import argparse
 import time
 
 import torch
-from bench_end_to_end import load_test_module, run_sampler
+from bench_end_to_end import load_test_module, run_sampler, warm_start
 
 from diffinverse.priors import load
 from diffinverse.samplers import DPS, REDDiff
@@ -32,7 +32,7 @@ def main() -> None:
         cfg = e2e.CONFIG[task]
         x, y, physics, prior_name = e2e.make_task(task, e2e.N_IMAGES, e2e.SIZE, e2e.TEST_SEED)
         prior = load(prior_name).eval().requires_grad_(False)
-        x_init = physics.A_dagger(y) if cfg["init"] == "adjoint" else e2e.tv(y, physics, cfg["tv_lam"])
+        x_init, _ = warm_start(e2e, cfg, y, physics)
         for method, cls in (("dps", DPS), ("reddiff", REDDiff)):
             best, scores = {False: float("inf"), True: float("inf")}, {}
             for _ in range(args.repeats):

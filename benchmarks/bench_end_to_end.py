@@ -64,6 +64,14 @@ def run_sampler(cls, prior, kw, y, physics, x_init, seed):
     return out, sampler.last_nfe
 
 
+def warm_start(e2e, cfg, y, physics):
+    """The image a task's samplers start from, and its name: TV when ``cfg["init"]`` is ``"tv"``,
+    else ``physics.A_dagger(y)`` (zero-filled / SENSE-CG)."""
+    if cfg["init"] == "tv":
+        return e2e.tv(y, physics, cfg["tv_lam"]), "TV"
+    return physics.A_dagger(y), "A_dagger"
+
+
 def table(e2e, priors, size, n, seed, tasks=None):
     rows = []
     for task in tasks or e2e.CONFIG:

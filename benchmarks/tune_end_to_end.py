@@ -19,7 +19,7 @@ import json
 import time
 
 import torch
-from bench_end_to_end import load_test_module, run_sampler
+from bench_end_to_end import load_test_module, run_sampler, warm_start
 
 from diffinverse.priors import load
 from diffinverse.samplers import DPS, REDDiff
@@ -38,12 +38,8 @@ def main() -> None:
     cfg = e2e.CONFIG[args.task]
     x, y, physics, prior_name = e2e.make_task(args.task, args.images, 64, 1000)
     prior = load(prior_name).eval().requires_grad_(False)
-    if cfg["init"] == "tv":
-        x_init = e2e.tv(y, physics, cfg["tv_lam"])
-        print("TV  PSNR {:.2f} SSIM {:.4f}".format(*e2e.scores(x, x_init)), flush=True)
-    else:
-        x_init = physics.A_dagger(y)
-        print("A_dagger  PSNR {:.2f} SSIM {:.4f}".format(*e2e.scores(x, x_init)), flush=True)
+    x_init, baseline = warm_start(e2e, cfg, y, physics)
+    print("{}  PSNR {:.2f} SSIM {:.4f}".format(baseline, *e2e.scores(x, x_init)), flush=True)
     grid = json.loads(args.grid)
     for values in itertools.product(*grid.values()):
         kw = dict(cfg[args.method], **dict(zip(grid, values)))
