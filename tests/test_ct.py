@@ -178,3 +178,15 @@ def test_bad_inputs(ops):
         CT(N, [0.0, float("nan")])
     with pytest.raises(TypeError, match="img_size must be an int"):
         CT(64.0, FULL_PARALLEL)
+
+
+def test_torch_backend_works_without_astra_and_astra_backend_says_what_is_missing(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "astra", None)  # import astra now fails, as where it is absent
+    angles = torch.linspace(0, math.pi, 8)[:-1]
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    op = CT(16, angles, backend="torch")
+    assert op.A(x).shape == (1, 1, 7, op.num_detectors)
+    with pytest.raises(ImportError, match="astra-toolbox.*backend='torch'"):
+        CT(16, angles, backend="astra")

@@ -250,6 +250,25 @@ def test_reddiff_weightings_differ_and_stay_finite(prior, problem):
     assert not math.isclose((outs["sqrt"] - outs["square"]).abs().max().item(), 0.0)
 
 
+def test_reddiff_update_is_adam_on_the_stated_gradient(prior, problem):
+    """RED-Diff's in-place Adam equals torch.optim.Adam fed the module docstring's gradient."""
+    physics, _, y = problem
+    sampler = REDDiff(prior, num_steps=8, lam=0.5, lr=0.05, progress=False)
+    out = sampler(y, physics, generator=torch.Generator().manual_seed(3))
+
+    mu = physics.A_dagger(y).clone().requires_grad_(True)
+    adam = torch.optim.Adam([mu], lr=0.05, betas=(0.9, 0.99), eps=1e-8)
+    g = torch.Generator().manual_seed(3)
+    m, d = y[0].numel(), mu[0].numel()
+    for sigma in sampler.sigmas[:-1].tolist():
+        eps = torch.randn(mu.shape, generator=g)
+        with torch.no_grad():
+            x0_hat = prior(mu + sigma * eps, sigma)
+            mu.grad = physics.A_adjoint(physics.A(mu) - y) / m + 0.5 * sigma / sigma * (mu - x0_hat) / d
+        adam.step()
+    torch.testing.assert_close(out, mu.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_autocast_runs_the_network_in_bf16():
     seen = []
 

@@ -29,7 +29,6 @@ import warnings
 import weakref
 from collections.abc import Sequence
 
-import astra
 import numpy as np
 import scipy.sparse
 import torch
@@ -40,6 +39,16 @@ __all__ = ["CT", "ramp_filter"]
 _GEOMETRIES = ("parallel", "fan")
 _BACKENDS = ("astra", "torch")
 _FILTERS = ("ram-lak", "hann")
+
+
+def _astra():
+    """The ``astra`` module, imported on first use: the torch backend works without it."""
+    try:
+        import astra
+    except ImportError as e:  # not installed, or its CUDA libraries do not load
+        raise ImportError(f"CT backend 'astra' needs the ASTRA toolbox (pip install astra-toolbox), which "
+                          f"failed to import ({e}); backend='torch' needs no extra package") from e
+    return astra
 
 
 def ramp_filter(sinogram: torch.Tensor, *, spacing: float = 1.0, window: str = "ram-lak") -> torch.Tensor:
@@ -266,6 +275,7 @@ class CT(LinearPhysics):
         self.num_detectors = num_detectors
         self._matrices: dict = {}
         if backend == "astra":
+            astra = _astra()
             self._vol_geom = astra.create_vol_geom(img_size, img_size)
             if geometry == "parallel":
                 self._proj_geom = astra.create_proj_geom("parallel", 1.0, num_detectors, angles.numpy())
@@ -344,6 +354,7 @@ class CT(LinearPhysics):
         return out.reshape(t.shape[0], 1, *out_shape)
 
     def _apply_astra(self, t: torch.Tensor, *, adjoint: bool) -> torch.Tensor:
+        astra = _astra()
         use_cuda = t.is_cuda and astra.use_cuda()
         if use_cuda and self._cuda_projector is None:
             self._cuda_projector = astra.create_projector("cuda", self._proj_geom, self._vol_geom)

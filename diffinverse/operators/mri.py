@@ -172,10 +172,16 @@ class _CartesianMRI(LinearPhysics):
         self.register_buffer("_mask", m)
         _, post = _ramps(m.shape[-2], m.shape[-1], torch.float64, m.device)
         # k-space weights with the FFT's output ramp folded in (|kmask| == mask), kept in double
-        # precision and cast to the data's precision when used.
+        # and single precision: each call takes the data's without a cast (a kernel per call on GPUs)
         kmask = m.double() * post
-        self.register_buffer("_kmask", kmask, persistent=False)
-        self.register_buffer("_kmask_conj", kmask.conj().resolve_conj(), persistent=False)
+        for name, w in (("_kmask", kmask), ("_kmask_conj", kmask.conj().resolve_conj())):
+            self.register_buffer(name, w, persistent=False)
+            self.register_buffer(name + "_single", w.to(torch.complex64), persistent=False)
+
+    def _kweights(self, dtype: torch.dtype, *, conj: bool = False) -> torch.Tensor:
+        """The k-space weights ``(Bm, 1, H, W)`` (or their conjugate) in ``dtype``'s precision."""
+        name = "_kmask_conj" if conj else "_kmask"
+        return getattr(self, name if dtype in (torch.float64, torch.complex128) else name + "_single")
 
     @property
     def mask(self) -> torch.Tensor:
@@ -213,14 +219,14 @@ class SingleCoilMRI(_CartesianMRI):
         self._check_size(x)
         pre, _ = _ramps(*self.img_shape, x.dtype, x.device)
         k = torch.fft.fft2(to_complex(x) * pre, norm="ortho")
-        return to_channels(k * _like(self._kmask[:, 0], k))
+        return to_channels(k * self._kweights(k.dtype)[:, 0])
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         _check_real_input(y, "y", 4, "(B, 2, H, W)")
         self._check_size(y)
         pre, _ = _ramps(*self.img_shape, y.dtype, y.device)
         k = to_complex(y)
-        z = torch.fft.ifft2(k * _like(self._kmask_conj[:, 0], k), norm="ortho") * pre.conj()
+        z = torch.fft.ifft2(k * self._kweights(k.dtype, conj=True)[:, 0], norm="ortho") * pre.conj()
         return to_channels(z).contiguous()
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -339,11 +345,12 @@ class MultiCoilMRI(_CartesianMRI):
 
     def _per_chunk(self, b: int, t: torch.Tensor):
         """Yield ``(slice, maps, maps_conj, mask, kmask, kmask_conj)`` for each batch chunk."""
+        dtype = torch.promote_types(t.dtype, self._maps.dtype)
         for sl in self._chunks(b, t.dtype, t.device):
             def pick(buf):
                 return buf if buf.shape[0] == 1 else buf[sl]
-            yield sl, pick(self._maps), pick(self._maps_conj), pick(self._mask), pick(self._kmask), \
-                pick(self._kmask_conj)
+            yield sl, pick(self._maps), pick(self._maps_conj), pick(self._mask), pick(self._kweights(dtype)), \
+                pick(self._kweights(dtype, conj=True))
 
     def _forward_c(self, z: torch.Tensor) -> torch.Tensor:
         chunks = list(self._per_chunk(z.shape[0], z))
@@ -353,18 +360,18 @@ class MultiCoilMRI(_CartesianMRI):
             out = torch.empty(z.shape[0], self.num_coils, *self.img_shape, dtype=dtype, device=z.device)
             for sl, maps, _, _, kmask, _ in chunks:
                 torch.fft.fft2(self._coil_images(z[sl], maps), norm="ortho", out=out[sl])
-                out[sl].mul_(_like(kmask, out))
+                out[sl].mul_(kmask)
             return out
         out = []
         for sl, maps, _, _, kmask, _ in chunks:
             k = torch.fft.fft2(self._coil_images(z[sl], maps), norm="ortho")
-            out.append(k.mul_(_like(kmask, k)))
+            out.append(k.mul_(kmask))
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def _adjoint_c(self, k: torch.Tensor) -> torch.Tensor:
         out = []
         for sl, _, maps_conj, _, _, kmask_conj in self._per_chunk(k.shape[0], k):
-            out.append(self._combine(torch.fft.ifft2(k[sl] * _like(kmask_conj, k), norm="ortho"), maps_conj))
+            out.append(self._combine(torch.fft.ifft2(k[sl] * kmask_conj, norm="ortho"), maps_conj))
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def _normal(self, z: torch.Tensor) -> torch.Tensor:

@@ -111,17 +111,18 @@ class REDDiff(DiffusionSampler):
         # prior term: eps_hat - eps = (mu - D(mu + sigma eps, sigma)) / sigma, network not differentiated
         eps = randn(mu.shape, mu, generator)
         with torch.inference_mode():
-            x0_hat = self.denoise(mu + sigma * eps, sigma)
+            x0_hat = self.denoise(torch.add(mu, eps, alpha=sigma), sigma)
         x0_hat = x0_hat.clone()  # a normal tensor again (inference tensors are read-only outside)
-        grad_prior = self.lam * _WEIGHTS[self.weighting](sigma) / sigma * (mu - x0_hat)
-        # data term ||y - A mu||^2 / 2; per-item means over m and d entries (official normalisation)
+        # data term ||y - A mu||^2 / 2; per-item means over m and d entries (official normalisation):
+        # g = grad_data / m + lam * w(sigma) / sigma * (mu - x0_hat) / d, in place to keep the number
+        # of small kernels low (on a GPU the loop is launch-bound at small sizes)
         grad_data, _ = data_fidelity_grad(mu, y, physics)
-        g = grad_data / y[0].numel() + grad_prior / mu[0].numel()
-        # Adam (Kingma & Ba, Algorithm 1), out of place so that callbacks may keep the states
+        c = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / mu[0].numel()
+        g = grad_data.div_(y[0].numel()).add_(mu, alpha=c).sub_(x0_hat, alpha=c)
+        # Adam (Kingma & Ba, Algorithm 1); moments in place, mu out of place (callbacks may keep it)
         b1, b2 = self.betas
         state["t"] += 1
-        state["m"] = b1 * state["m"] + (1 - b1) * g
-        state["v"] = b2 * state["v"] + (1 - b2) * g * g
-        m_hat = state["m"] / (1 - b1 ** state["t"])
-        v_hat = state["v"] / (1 - b2 ** state["t"])
-        return mu - self.lr * m_hat / (v_hat.sqrt() + self.eps), x0_hat
+        state["m"].lerp_(g, 1 - b1)
+        state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = state["v"].sqrt().div_(math.sqrt(1 - b2 ** state["t"])).add_(self.eps)
+        return torch.addcdiv(mu, state["m"], denom, value=-self.lr / (1 - b1 ** state["t"])), x0_hat
