@@ -52,8 +52,11 @@ inpainting): DPS super-resolution 26.03 / 0.838, RED-Diff super-resolution 25.72
 RED-Diff inpainting 30.76 / 0.932. A larger ``sigma_start`` (0.2-0.25) was what they needed: the
 prior must be free to move away from TV's piecewise-constant start. RED-Diff at 30 views was retuned
 too (below TV in SSIM on the benchmark's images with ``lr`` 0.003 from ``sigma_start`` 0.05; the
-tuning images gave 34.29 / 0.951 there, and 34.29 / 0.959 with ``lr`` 0.002 from 0.03, TV 33.11 / 0.939). What the test does not claim: that the priors (1.5M parameters, 5 minutes
-of training) are good in absolute terms, or that these settings are best at other sizes.
+tuning images gave 34.29 / 0.951 there, and 34.29 / 0.959 with ``lr`` 0.002 from 0.03, TV 33.11 /
+0.939). The shipped ``ct-ellipses`` was later fine-tuned with natural-image texture (its model
+card); every frozen value and margin was kept for it and still holds (benchmark images:
+``benchmarks/README.md``). What the test does not claim: that the priors (1.5M parameters, minutes
+of GPU training) are good in absolute terms, or that these settings are best at other sizes.
 """
 from __future__ import annotations
 
