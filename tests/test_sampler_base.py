@@ -264,7 +264,8 @@ def test_reddiff_update_is_adam_on_the_stated_gradient(prior, problem):
         eps = torch.randn(mu.shape, generator=g)
         with torch.no_grad():
             x0_hat = prior(mu + sigma * eps, sigma)
-            mu.grad = physics.A_adjoint(physics.A(mu) - y) / m + 0.5 * sigma / sigma * (mu - x0_hat) / d
+            # lam * w(sigma) / sigma = lam = 0.5 for the default linear weighting w(sigma) = sigma
+            mu.grad = physics.A_adjoint(physics.A(mu) - y) / m + 0.5 * (mu - x0_hat) / d
         adam.step()
     torch.testing.assert_close(out, mu.detach(), rtol=1e-5, atol=1e-6)
 
