@@ -49,8 +49,8 @@ def run(mode: str, threads: int, max_batch: int | None, steps: int, device: str 
         g = torch.Generator(device=dev).manual_seed(0)
     dps = DPS(load("mri-brain", device=dev), num_steps=steps, sigma_start=0.2, progress=False)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _sync(dev)
     if dev.type == "cuda":
-        _sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         base_gpu = torch.cuda.memory_allocated(dev)
     t = time.perf_counter()

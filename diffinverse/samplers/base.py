@@ -92,7 +92,8 @@ def data_fidelity_grad(x: torch.Tensor, y: torch.Tensor, physics) -> tuple[torch
         physics: a deepinv ``Physics``.
 
     Returns:
-        ``(grad, residual)``: ``grad`` shaped like ``x``, ``residual`` shaped like ``y``.
+        ``(grad, residual)``: ``grad`` shaped like ``x``, ``residual`` shaped like ``y``. ``grad`` is
+        a new tensor that aliases nothing else, so callers may update it in place (RED-Diff does).
     """
     x = x.detach()
     if isinstance(physics, LinearPhysics):
