@@ -4,7 +4,8 @@
    the CPU's (relative difference).
 2. DPS and RED-Diff with the shipped ``mri-brain`` prior on CUDA: same seed -> same result,
    and sampler overhead = wall time / (NFE x one network call) at 64^2 and 256^2, batch 4, with
-   noise from a CUDA generator and from a CPU generator.
+   noise from a CUDA generator and from a CPU generator, timed in interleaved rounds.
+3. A ``torch.profiler`` view of RED-Diff's loop at 64^2: kernels per step against the network's.
 
 Usage::
 
@@ -64,21 +65,24 @@ def operators(dev: torch.device) -> dict:
     return out
 
 
-def _time(fn, repeats: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+def _time(fn) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
-def samplers(dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 256)) -> dict:
-    """Overhead = wall time / (NFE x one network call), the call timed ``steps`` times in a row with
-    the samplers' channels-last input; noise from a CUDA generator (and, for comparison, from a CPU
-    generator, whose draws are copied to the GPU every step)."""
+def samplers(dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 256), rounds: int = 7) -> dict:
+    """Overhead = wall time / (NFE x one network call), with the samplers' channels-last input and
+    noise from a CUDA generator (and, for comparison, from a CPU generator, whose draws are copied to
+    the GPU every step).
+
+    GPU clocks and launch latencies drift, so the network call and the samplers are timed in
+    interleaved rounds (after two warm-up runs of each): in a round, ``steps`` network calls in a
+    row, then one run of each sampler. Each round gives a ratio; reported are the median ratio over
+    the rounds, its range, and the ratio of the fastest times.
+    """
     prior = load("mri-brain", device=dev)
     out = {}
     for size in sizes:
@@ -95,22 +99,64 @@ def samplers(dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 2
             xr = x.clone().requires_grad_(True)
             prior(xr, 0.5).square().sum().backward()
 
-        t_fwd = _time(lambda: [fwd() for _ in range(steps)]) / steps
-        t_fb = _time(lambda: [fwd_bwd() for _ in range(steps)]) / steps
-        row = {"net_forward_s": t_fwd, "net_forward_backward_s": t_fb}
-        for name, sampler, unit in (("DPS", DPS(prior, num_steps=steps, zeta=1.0, progress=False), t_fb),
-                                    ("REDDiff", REDDiff(prior, num_steps=steps, progress=False), t_fwd)):
+        units = {"fwd": lambda: [fwd() for _ in range(steps)], "fb": lambda: [fwd_bwd() for _ in range(steps)]}
+        runs = {}
+        for name, sampler, unit in (("DPS", DPS(prior, num_steps=steps, zeta=1.0, progress=False), "fb"),
+                                    ("REDDiff", REDDiff(prior, num_steps=steps, progress=False), "fwd")):
             for gen_device in (dev, torch.device("cpu")):
-                def run(seed=0):
-                    return sampler(y, physics, generator=torch.Generator(device=gen_device).manual_seed(seed))
-
-                a, b = run(), run()
-                wall = _time(run)
                 key = name if gen_device == dev else f"{name}_cpu_generator"
-                row[key] = {"wall_s": wall, "nfe": sampler.last_nfe, "overhead": wall / (sampler.last_nfe * unit),
-                            "same_seed_max_abs_diff": (a - b).abs().max().item()}
+                runs[key] = (sampler, gen_device, unit)
+        same_seed = {}
+        for key, (sampler, gen_device, _) in runs.items():
+            a, b = (sampler(y, physics, generator=torch.Generator(device=gen_device).manual_seed(0)) for _ in "ab")
+            same_seed[key] = (a - b).abs().max().item()
+        for fn in units.values():
+            fn()
+        times = {k: [] for k in (*units, *runs)}
+        for _ in range(rounds):
+            for k, fn in units.items():
+                times[k].append(_time(fn) / steps)
+            for key, (sampler, gen_device, _) in runs.items():
+                g = torch.Generator(device=gen_device).manual_seed(0)
+                times[key].append(_time(lambda: sampler(y, physics, generator=g)))
+        row = {"net_forward_s": min(times["fwd"]), "net_forward_backward_s": min(times["fb"]), "rounds": rounds}
+        for key, (sampler, _, unit) in runs.items():
+            ratios = sorted(w / (sampler.last_nfe * u) for w, u in zip(times[key], times[unit]))
+            row[key] = {"wall_s": min(times[key]), "nfe": sampler.last_nfe,
+                        "overhead": ratios[len(ratios) // 2], "overhead_range": [ratios[0], ratios[-1]],
+                        "overhead_of_fastest": min(times[key]) / (sampler.last_nfe * min(times[unit])),
+                        "same_seed_max_abs_diff": same_seed[key]}
         out[f"{size}x{size}_batch4"] = row
     return out
+
+
+def profile_reddiff_step(dev: torch.device, size: int = 64, steps: int = 20) -> dict:
+    """Kernels and host time of RED-Diff's loop beyond the network (``torch.profiler``), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prior = load("mri-brain", device=dev)
+    mask = random_lines((size, size), 4, 0.08, generator=torch.Generator().manual_seed(0)).to(dev)
+    physics = SingleCoilMRI(mask)
+    y = physics.A(torch.randn(4, 2, size, size, device=dev))
+    sampler = REDDiff(prior, num_steps=steps, progress=False)
+    run = lambda: sampler(y, physics, generator=torch.Generator(device=dev).manual_seed(0))  # noqa: E731
+    x = torch.randn(4, 2, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+    run()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p_all:
+        run()
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p_net:
+        with torch.inference_mode():
+            for _ in range(steps):
+                prior(x, 0.5)
+        torch.cuda.synchronize()
+
+    def kernels(p):
+        return sum(e.count for e in p.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+    table = p_all.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    return {"kernels_per_step_sampler": kernels(p_all) / steps, "kernels_per_step_network": kernels(p_net) / steps,
+            "top_ops_by_host_time": table}
 
 
 def main() -> None:
@@ -119,7 +165,7 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device("cuda")
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "operators": operators(dev), "samplers": samplers(dev)}
+           "operators": operators(dev), "samplers": samplers(dev), "reddiff_profile_64": profile_reddiff_step(dev)}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

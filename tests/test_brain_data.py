@@ -60,3 +60,25 @@ def test_template_file_round_trip(tmp_path, train_set):
     np.savez(np_bad, maps=np.zeros((2, 5, 8, 8), np.uint8), z=np.arange(2))
     with pytest.raises(ValueError, match="not a brain template file"):
         BrainSlices("train", template_file=np_bad)
+
+
+def test_magnitude_images_have_zero_phase_and_rician_background():
+    sigma = 0.02
+    data = BrainSlices("train", magnitude_fraction=1.0, noise_range=(sigma, sigma),
+                       generator=torch.Generator().manual_seed(3))
+    x = data.sample(4)
+    assert torch.equal(x[:, 1], torch.zeros_like(x[:, 1])) and (x[:, 0] >= 0).all()
+    # air in the corners: the magnitude of complex Gaussian noise has mean sigma * sqrt(pi / 2)
+    # (the whole-slice rescaling after the noise changes scale by under 10 %)
+    corners = torch.cat([x[:, 0, :16, :16].flatten(), x[:, 0, -16:, -16:].flatten()])
+    assert 0.9 * 1.2533 * sigma < corners.mean() < 1.1 * 1.2533 * sigma
+    mixed = BrainSlices("train", size=32, magnitude_fraction=0.5, generator=torch.Generator().manual_seed(4))
+    is_magnitude = (mixed.sample(40)[:, 1] == 0).flatten(1).all(1)
+    assert 8 <= is_magnitude.sum() <= 32  # Binomial(40, 0.5): outside this with probability < 1e-4
+
+
+def test_magnitude_and_noise_arguments_are_checked():
+    with pytest.raises(ValueError, match="magnitude_fraction"):
+        BrainSlices("train", magnitude_fraction=1.5)
+    with pytest.raises(ValueError, match="noise_range"):
+        BrainSlices("train", noise_range=(0.1, 0.05))

@@ -253,11 +253,15 @@ def test_reddiff_weightings_differ_and_stay_finite(prior, problem):
     assert not math.isclose((outs["sqrt"] - outs["square"]).abs().max().item(), 0.0)
 
 
-def test_reddiff_update_is_adam_on_the_stated_gradient(prior, problem):
-    """RED-Diff's in-place Adam equals torch.optim.Adam fed the module docstring's gradient."""
+@pytest.mark.parametrize("as_nonlinear", [False, True])
+def test_reddiff_update_is_adam_on_the_stated_gradient(prior, problem, as_nonlinear):
+    """RED-Diff's in-place Adam equals torch.optim.Adam fed the module docstring's gradient, both
+    through its normal-operator path (linear physics) and by autograd (the same A seen as nonlinear)."""
     physics, _, y = problem
     sampler = REDDiff(prior, num_steps=8, lam=0.5, lr=0.05, progress=False)
-    out = sampler(y, physics, generator=torch.Generator().manual_seed(3))
+    seen_by_sampler = dinv.physics.Physics(A=physics.A) if as_nonlinear else physics
+    out = sampler(y, seen_by_sampler, generator=torch.Generator().manual_seed(3),
+                  x_init=physics.A_dagger(y) if as_nonlinear else None)
 
     mu = physics.A_dagger(y).clone().requires_grad_(True)
     adam = torch.optim.Adam([mu], lr=0.05, betas=(0.9, 0.99), eps=1e-8)

@@ -207,3 +207,20 @@ def test_mixture_rejects_sources_of_different_shapes():
 
     with pytest.raises(ValueError, match="different item shapes"):
         T.Mixture([Shape(4), Shape(8)], [1, 1]).sample(64, generator=torch.Generator().manual_seed(0))
+
+
+def test_cli_brain_magnitude_and_noise_reach_the_data_and_the_metadata(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    T.main(["--data", "mri-brain", "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2", "--crop", "16",
+            "--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--device", "cpu",
+            "--no-progress", "--brain-magnitude", "0.4", "--brain-noise", "0.01,0.1"])
+    with safe_open(str(tmp_path / "run" / T.FINAL), framework="pt") as f:
+        meta = json.loads(f.metadata()["config"])["metadata"]
+    assert meta["brain_magnitude"] == "0.4" and meta["brain_noise"] == "[0.01, 0.1]"
+    source, _ = T._build_data("mri-brain", crop=16, image_size=256, axis=2, device="cpu", brain_magnitude=1.0)
+    assert source.magnitude_fraction == 1.0 and torch.equal(source.sample(3)[:, 1], torch.zeros(3, 16, 16))
+    with pytest.raises(ValueError, match="--brain-noise"):
+        T.main(["--data", "mri-brain", "--out", str(tmp_path / "bad"), "--brain-noise", "0.01"])

@@ -17,6 +17,8 @@ coil shading, phase and other contrasts. Each sample therefore randomises the do
    for T1-like partly mixed with the template's own T1 intensities;
 5. fine multiplicative texture, a smooth multiplicative bias field;
 6. a smooth random phase (constant + linear ramp + low-order field) and complex Gaussian noise;
+   optionally (``magnitude_fraction``) the slice is then replaced by its magnitude with zero phase,
+   as in the magnitude images scanners export, whose noise is Rician;
 7. scaling so that the magnitude's 99.5th percentile is 1 (over the whole 256 x 256 slice; a
    crop is taken afterwards, so crops keep the slice's scale).
 
@@ -134,6 +136,10 @@ class BrainSlices:
             ``None``); the global RNG is never used.
         device: where the slices are synthesised (the template is copied there once).
         template_file: a file from :func:`save_template`, used instead of nilearn's template.
+        magnitude_fraction: probability that a slice is a magnitude image (``|z|`` in the real
+            channel, zero imaginary channel, Rician noise) instead of a complex one.
+        noise_range: range of the complex Gaussian noise's standard deviation per channel (drawn
+            log-uniformly), relative to the noise-free magnitude's 99.5th percentile.
 
     Attributes:
         slices: template z indices this split draws from.
@@ -147,9 +153,14 @@ class BrainSlices:
     """
 
     def __init__(self, split: str = "train", *, size: int | None = None, generator: torch.Generator | None = None,
-                 device: str | torch.device = "cpu", template_file: str | os.PathLike | None = None):
+                 device: str | torch.device = "cpu", template_file: str | os.PathLike | None = None,
+                 magnitude_fraction: float = 0.0, noise_range: tuple[float, float] = (0.003, 0.06)):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if not 0 <= magnitude_fraction <= 1:
+            raise ValueError(f"magnitude_fraction must lie in [0, 1], got {magnitude_fraction}")
+        if not 0 < noise_range[0] <= noise_range[1]:
+            raise ValueError(f"noise_range must be (low, high) with 0 < low <= high, got {noise_range}")
         if size is not None and not 1 <= size <= CANVAS:
             raise ValueError(f"size must be in [1, {CANVAS}] or None, got {size}")
         maps, z_ok = _template() if template_file is None else _load_template_file(template_file)
@@ -157,6 +168,8 @@ class BrainSlices:
         keep = (z_ok >= lo) & (z_ok < hi) if split == "test" else (z_ok < lo - _GAP) | (z_ok >= hi + _GAP)
         self.split = split
         self.size = size
+        self.magnitude_fraction = float(magnitude_fraction)
+        self.noise_range = (float(noise_range[0]), float(noise_range[1]))
         self.device = torch.device(device)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.slices = torch.from_numpy(z_ok[keep].copy())
@@ -237,9 +250,14 @@ class BrainSlices:
         ramp = _uniform((n, 2, 1, 1), -math.pi, math.pi, g).to(dev)
         phi_amp = _uniform((n, 1, 1), 0.0, math.pi, g).to(dev)
         phase = phi0 + ramp[:, 0] * xx + ramp[:, 1] * yy + phi_amp * _smooth(n, 3, g_dev, dev)[:, 0]
-        noise_std = torch.exp(_uniform((n, 1, 1, 1), math.log(0.003), math.log(0.06), g)).to(dev)
+        lo, hi = self.noise_range
+        noise_std = torch.exp(_uniform((n, 1, 1, 1), math.log(lo), math.log(hi), g)).to(dev)
         z = torch.stack([mag * phase.cos(), mag * phase.sin()], 1)
         z = z + noise_std * torch.randn(z.shape, generator=g_dev, device=dev)
+        if self.magnitude_fraction > 0:
+            magnitude = (torch.rand(n, generator=g) < self.magnitude_fraction).to(dev)[:, None, None, None]
+            rician = torch.stack([z.square().sum(1).sqrt(), torch.zeros_like(mag)], 1)
+            z = torch.where(magnitude, rician, z)
 
         # 7. scale: 99.5th percentile of the magnitude = 1; then crop
         q = torch.quantile(z.square().sum(1).sqrt().flatten(1), 0.995, dim=1)

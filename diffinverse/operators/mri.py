@@ -177,6 +177,9 @@ class _CartesianMRI(LinearPhysics):
         for name, w in (("_kmask", kmask), ("_kmask_conj", kmask.conj().resolve_conj())):
             self.register_buffer(name, w, persistent=False)
             self.register_buffer(name + "_single", w.to(torch.complex64), persistent=False)
+        normal = torch.fft.ifftshift(m.double(), dim=(-2, -1))  # A^H A in the uncentred frame
+        self.register_buffer("_normal_w", normal, persistent=False)
+        self.register_buffer("_normal_w_single", normal.float(), persistent=False)
 
     def _kweights(self, dtype: torch.dtype, *, conj: bool = False) -> torch.Tensor:
         """The k-space weights ``(Bm, 1, H, W)`` (or their conjugate) in ``dtype``'s precision."""
@@ -230,7 +233,18 @@ class SingleCoilMRI(_CartesianMRI):
         return to_channels(z).contiguous()
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.A_adjoint(self.A(x))
+        """``A^H A x = F_u^H diag(ifftshift(mask)) F_u x`` with the uncentred FFT ``F_u``.
+
+        The centring ramps cancel: the input ramp shifts k-space by ``(H // 2, W // 2)``, so
+        masking the shifted spectrum with the unshifted mask is masking the plain spectrum with
+        ``ifftshift(mask)``, and the output ramp (modulus 1) drops out. Fewer kernels than
+        ``A_adjoint(A(x))``, same result.
+        """
+        _check_real_input(x, "x", 4, "(B, 2, H, W)")
+        self._check_size(x)
+        z = to_complex(x)
+        w = self._normal_w if z.dtype == torch.complex128 else self._normal_w_single
+        return to_channels(torch.fft.ifft2(torch.fft.fft2(z, norm="ortho").mul_(w[:, 0]), norm="ortho")).contiguous()
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """Zero-filled reconstruction ``F^H y`` (the pseudo-inverse for a 0/1 mask)."""

@@ -425,12 +425,14 @@ def _fastmri_images(path: Path) -> list[torch.Tensor]:
 
 
 def _build_data(spec: str, *, crop: int | None, image_size: int, axis: int, device: str,
-                brain_template: str | None = None) -> tuple[DataSource, dict]:
+                brain_template: str | None = None, brain_magnitude: float = 0.0,
+                brain_noise: tuple[float, float] = (0.003, 0.06)) -> tuple[DataSource, dict]:
     """Parse ``--data`` into a source and the prior settings it implies (channels, data_range)."""
     if spec == "mri-brain":
         from diffinverse.datasets.brain import BrainSlices
 
-        source = BrainSlices("train", size=crop, device=device, template_file=brain_template)
+        source = BrainSlices("train", size=crop, device=device, template_file=brain_template,
+                             magnitude_fraction=brain_magnitude, noise_range=brain_noise)
         return source, {"channels": 2, "data_range": (-1.0, 1.0)}
     if spec == "ct-ellipses":
         return _Phantoms(image_size, crop, device), {"channels": 1, "data_range": (0.0, 1.0)}
@@ -477,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-device", default="cpu", help="device generating mri-brain / ct-ellipses data (cpu or cuda)")
     p.add_argument("--brain-template", default=None,
                    help="tissue-map file from diffinverse.datasets.brain.save_template (where nilearn is absent)")
+    p.add_argument("--brain-magnitude", type=float, default=0.0,
+                   help="mri-brain: fraction of slices that are magnitude images (Rician noise, zero phase)")
+    p.add_argument("--brain-noise", default="0.003,0.06",
+                   help="mri-brain: low,high of the image noise's standard deviation (log-uniform)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     p.add_argument("--base-channels", type=int, default=32)
     p.add_argument("--channel-mult", default="1,2,2", help="comma-separated multipliers per level")
@@ -502,8 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     from diffinverse.priors.unet import UNet
 
     crop = a.crop or None
+    brain_noise = tuple(float(v) for v in a.brain_noise.split(","))
+    if len(brain_noise) != 2:
+        raise ValueError(f"--brain-noise must be two comma-separated numbers, got {a.brain_noise!r}")
     data, implied = _build_data(a.data, crop=crop, image_size=a.image_size, axis=a.axis, device=a.data_device,
-                                brain_template=a.brain_template)
+                                brain_template=a.brain_template, brain_magnitude=a.brain_magnitude,
+                                brain_noise=brain_noise)
     if a.mix_natural:
         if not 0 < a.mix_natural < 1 or crop is None:
             raise ValueError(f"--mix-natural must lie in (0, 1) and needs --crop, got {a.mix_natural}, crop {crop}")
@@ -530,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
                          num_res_blocks=a.num_res_blocks, sigma_data=sigma_data, sigma_max=a.sigma_max,
                          data_range=data_range)
     metadata = {"data": a.data, "crop": crop, "mix_natural": a.mix_natural, "init": a.init}
+    if a.data == "mri-brain":
+        metadata.update(brain_magnitude=a.brain_magnitude, brain_noise=list(brain_noise))
     train(prior, data, steps=a.steps, out_dir=a.out, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
           ema_decay=a.ema_decay, checkpoint_every=a.checkpoint_every, log_every=a.log_every, seed=a.seed,
           device=a.device, resume=not a.no_resume, amp=False if a.no_amp else None, compile=a.compile,

@@ -124,7 +124,8 @@ class DiffusionSampler:
         progress: show a tqdm progress bar.
         callback: called after every step as ``callback(i, sigma, x, x0_hat)`` with the step
             index, the step's starting noise level (a float), the new state and the step's
-            denoised estimate. Tensors are passed as they are: clone them to keep them.
+            denoised estimate. Tensors are passed as they are: clone them to keep them (RED-Diff's
+            estimate is an inference tensor, read-only until cloned).
         autocast: run the network under bf16 autocast (worthwhile on recent GPUs); its output is
             cast back to the state's dtype.
         channels_last: hand the network its input in channels-last memory layout (4-D states
@@ -264,8 +265,9 @@ class DiffusionSampler:
         self._nfe = 0
         x = self.init_x(y, physics, x_init, float(sigmas[0]), warm, generator, like)
         state = self.init_state(x, y, physics)
-        for i in tqdm(range(len(sigmas) - 1), disable=not self.progress, desc=type(self).__name__):
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        levels = sigmas.tolist()
+        for i in tqdm(range(len(levels) - 1), disable=not self.progress, desc=type(self).__name__):
+            sigma, sigma_next = levels[i], levels[i + 1]
             x, x0_hat = self.step(x, sigma, sigma_next, y, physics, generator, state)
             if self.callback is not None:
                 self.callback(i, sigma, x, x0_hat)

@@ -51,6 +51,7 @@ import math
 from typing import Literal
 
 import torch
+from deepinv.physics import LinearPhysics
 
 from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, randn
 
@@ -104,25 +105,37 @@ class REDDiff(DiffusionSampler):
         return mu.detach().clone()
 
     def init_state(self, x, y, physics):
-        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "t": 0}
+        # for a linear physics the data gradient is A^H A mu - A^H y: A^H y once, then one normal
+        # operator per step (fewer kernels than A, a subtraction, A^H and a negation)
+        aty = physics.A_adjoint(y) if isinstance(physics, LinearPhysics) else None
+        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "t": 0, "aty": aty}
 
     def step(self, x, sigma, sigma_next, y, physics, generator, state):
         mu = x
-        # prior term: eps_hat - eps = (mu - D(mu + sigma eps, sigma)) / sigma, network not differentiated
+        # prior term: eps_hat - eps = (mu - D(mu + sigma eps, sigma)) / sigma, network not differentiated;
+        # x0_hat stays an inference tensor (read-only), which the in-place updates below only read
         eps = randn(mu.shape, mu, generator)
         with torch.inference_mode():
             x0_hat = self.denoise(torch.add(mu, eps, alpha=sigma), sigma)
-        x0_hat = x0_hat.clone()  # a normal tensor again (inference tensors are read-only outside)
-        # data term ||y - A mu||^2 / 2; per-item means over m and d entries (official normalisation):
-        # g = grad_data / m + lam * w(sigma) / sigma * (mu - x0_hat) / d, in place to keep the number
-        # of small kernels low (on a GPU the loop is launch-bound at small sizes)
-        grad_data, _ = data_fidelity_grad(mu, y, physics)
+        # gradient with the official per-item normalisation (m entries of y, d of mu):
+        #   g = grad_data / m + lam * w(sigma) / sigma * (mu - x0_hat) / d.
+        # Adam is run on m * g with eps * m, which is the same update (Adam is invariant to a constant
+        # gradient scale k when eps is scaled by k) with one kernel less; on a GPU the loop is
+        # launch-bound at small sizes, so the kernels of a step are kept few and in place.
+        m = y[0].numel()
+        if state["aty"] is not None:
+            grad_data = physics.A_adjoint_A(mu).sub_(state["aty"])
+        else:
+            grad_data, _ = data_fidelity_grad(mu, y, physics)
         c = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / mu[0].numel()
-        g = grad_data.div_(y[0].numel()).add_(mu, alpha=c).sub_(x0_hat, alpha=c)
-        # Adam (Kingma & Ba, Algorithm 1); moments in place, mu out of place (callbacks may keep it)
+        g = grad_data.add_(torch.sub(mu, x0_hat), alpha=c * m)
+        # Adam (Kingma & Ba, Algorithm 1) with the bias corrections folded into the step size and eps:
+        # m_hat / (sqrt(v_hat) + eps) = (sqrt(1 - b2^t) / (1 - b1^t)) * m / (sqrt(v) + eps * sqrt(1 - b2^t)).
+        # Moments in place, mu out of place (callbacks may keep it).
         b1, b2 = self.betas
         state["t"] += 1
         state["m"].lerp_(g, 1 - b1)
         state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = state["v"].sqrt().div_(math.sqrt(1 - b2 ** state["t"])).add_(self.eps)
-        return torch.addcdiv(mu, state["m"], denom, value=-self.lr / (1 - b1 ** state["t"])), x0_hat
+        c2 = math.sqrt(1 - b2 ** state["t"])
+        denom = state["v"].sqrt().add_(self.eps * m * c2)
+        return torch.addcdiv(mu, state["m"], denom, value=-self.lr * c2 / (1 - b1 ** state["t"])), x0_hat
