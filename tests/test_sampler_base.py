@@ -277,6 +277,21 @@ def test_reddiff_update_is_adam_on_the_stated_gradient(prior, problem, as_nonlin
     torch.testing.assert_close(out, mu.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_reddiff_with_an_identity_physics_leaves_its_state_alone(prior):
+    """A linear physics whose A and A^H return their input (here the identity written as lambdas)
+    hands RED-Diff's current estimate back from A^H A: the normal-operator path must not update
+    that tensor in place."""
+    y = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(4))
+    identity = dinv.physics.LinearPhysics(A=lambda x: x, A_adjoint=lambda y: y)
+    mu = torch.zeros(2, *SHAPE)
+    assert identity.A_adjoint_A(mu) is mu  # the aliasing this test is about
+    sampler = REDDiff(prior, num_steps=6, lam=0.5, lr=0.05, progress=False)
+    linear = sampler(y, identity, generator=torch.Generator().manual_seed(5))
+    by_autograd = sampler(y, dinv.physics.Physics(A=lambda x: x), generator=torch.Generator().manual_seed(5),
+                          x_init=y.clone())
+    torch.testing.assert_close(linear, by_autograd, rtol=1e-5, atol=1e-6)
+
+
 def test_autocast_runs_the_network_in_bf16():
     seen = []
 

@@ -117,18 +117,19 @@ class REDDiff(DiffusionSampler):
         eps = randn(mu.shape, mu, generator)
         with torch.inference_mode():
             x0_hat = self.denoise(torch.add(mu, eps, alpha=sigma), sigma)
-        # gradient with the official per-item normalisation (m entries of y, d of mu):
-        #   g = grad_data / m + lam * w(sigma) / sigma * (mu - x0_hat) / d.
-        # Adam is run on m * g with eps * m, which is the same update (Adam is invariant to a constant
-        # gradient scale k when eps is scaled by k) with one kernel less; on a GPU the loop is
-        # launch-bound at small sizes, so the kernels of a step are kept few and in place.
-        m = y[0].numel()
+        # gradient with the official per-item normalisation (n_y entries of y, n_x of mu):
+        #   g = grad_data / n_y + lam * w(sigma) / sigma * (mu - x0_hat) / n_x.
+        # Adam is run on n_y * g with eps * n_y, which is the same update (Adam is invariant to a
+        # constant gradient scale k when eps is scaled by k) with one kernel less; on a GPU the loop
+        # is launch-bound at small sizes, so the kernels of a step are kept few and in place.
+        n_y = y[0].numel()
         if state["aty"] is not None:
-            grad_data = physics.A_adjoint_A(mu).sub_(state["aty"])
+            # out of place: A^H A may return its input itself (an identity physics)
+            grad_data = physics.A_adjoint_A(mu) - state["aty"]
         else:
             grad_data, _ = data_fidelity_grad(mu, y, physics)
         c = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / mu[0].numel()
-        g = grad_data.add_(torch.sub(mu, x0_hat), alpha=c * m)
+        g = grad_data.add_(torch.sub(mu, x0_hat), alpha=c * n_y)
         # Adam (Kingma & Ba, Algorithm 1) with the bias corrections folded into the step size and eps:
         # m_hat / (sqrt(v_hat) + eps) = (sqrt(1 - b2^t) / (1 - b1^t)) * m / (sqrt(v) + eps * sqrt(1 - b2^t)).
         # Moments in place, mu out of place (callbacks may keep it).
@@ -137,5 +138,5 @@ class REDDiff(DiffusionSampler):
         state["m"].lerp_(g, 1 - b1)
         state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
         c2 = math.sqrt(1 - b2 ** state["t"])
-        denom = state["v"].sqrt().add_(self.eps * m * c2)
+        denom = state["v"].sqrt().add_(self.eps * n_y * c2)
         return torch.addcdiv(mu, state["m"], denom, value=-self.lr * c2 / (1 - b1 ** state["t"])), x0_hat
