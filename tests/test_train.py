@@ -222,5 +222,6 @@ def test_cli_brain_magnitude_and_noise_reach_the_data_and_the_metadata(tmp_path)
     assert meta["brain_magnitude"] == "0.4" and meta["brain_noise"] == "[0.01, 0.1]"
     source, _ = T._build_data("mri-brain", crop=16, image_size=256, axis=2, device="cpu", brain_magnitude=1.0)
     assert source.magnitude_fraction == 1.0 and torch.equal(source.sample(3)[:, 1], torch.zeros(3, 16, 16))
-    with pytest.raises(ValueError, match="--brain-noise"):
-        T.main(["--data", "mri-brain", "--out", str(tmp_path / "bad"), "--brain-noise", "0.01"])
+    for bad in ("0.01", "low,high"):
+        with pytest.raises(ValueError, match="--brain-noise"):
+            T.main(["--data", "mri-brain", "--out", str(tmp_path / "bad"), "--brain-noise", bad])

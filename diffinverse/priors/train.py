@@ -508,7 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     from diffinverse.priors.unet import UNet
 
     crop = a.crop or None
-    brain_noise = tuple(float(v) for v in a.brain_noise.split(","))
+    try:
+        brain_noise = tuple(float(v) for v in a.brain_noise.split(","))
+    except ValueError:
+        brain_noise = ()
     if len(brain_noise) != 2:
         raise ValueError(f"--brain-noise must be two comma-separated numbers, got {a.brain_noise!r}")
     data, implied = _build_data(a.data, crop=crop, image_size=a.image_size, axis=a.axis, device=a.data_device,
