@@ -73,7 +73,15 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
-def samplers(dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 256), rounds: int = 7) -> dict:
+def _mri_problem(size: int, dev: torch.device) -> tuple[torch.Tensor, SingleCoilMRI, torch.Tensor]:
+    """Batch-4 complex images in the samplers' channels-last layout, 4x single-coil MRI, its k-space."""
+    x = torch.randn(4, 2, size, size, device=dev).contiguous(memory_format=torch.channels_last)
+    mask = random_lines((size, size), 4, 0.08, generator=torch.Generator().manual_seed(0)).to(dev)
+    physics = SingleCoilMRI(mask)
+    return x, physics, physics.A(x)
+
+
+def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 256), rounds: int = 7) -> dict:
     """Overhead = wall time / (NFE x one network call), with the samplers' channels-last input and
     noise from a CUDA generator (and, for comparison, from a CPU generator, whose draws are copied to
     the GPU every step).
@@ -83,13 +91,9 @@ def samplers(dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 2
     row, then one run of each sampler. Each round gives a ratio; reported are the median ratio over
     the rounds, its range, and the ratio of the fastest times.
     """
-    prior = load("mri-brain", device=dev)
     out = {}
     for size in sizes:
-        x = torch.randn(4, 2, size, size, device=dev).contiguous(memory_format=torch.channels_last)
-        mask = random_lines((size, size), 4, 0.08, generator=torch.Generator().manual_seed(0)).to(dev)
-        physics = SingleCoilMRI(mask)
-        y = physics.A(x)
+        x, physics, y = _mri_problem(size, dev)
 
         def fwd():
             with torch.inference_mode():
@@ -130,17 +134,13 @@ def samplers(dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 2
     return out
 
 
-def profile_reddiff_step(dev: torch.device, size: int = 64, steps: int = 20) -> dict:
+def profile_reddiff_step(prior, dev: torch.device, size: int = 64, steps: int = 20) -> dict:
     """Kernels and host time of RED-Diff's loop beyond the network (``torch.profiler``), per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    prior = load("mri-brain", device=dev)
-    mask = random_lines((size, size), 4, 0.08, generator=torch.Generator().manual_seed(0)).to(dev)
-    physics = SingleCoilMRI(mask)
-    y = physics.A(torch.randn(4, 2, size, size, device=dev))
+    x, physics, y = _mri_problem(size, dev)
     sampler = REDDiff(prior, num_steps=steps, progress=False)
     run = lambda: sampler(y, physics, generator=torch.Generator(device=dev).manual_seed(0))  # noqa: E731
-    x = torch.randn(4, 2, size, size, device=dev).contiguous(memory_format=torch.channels_last)
     run()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p_all:
         run()
@@ -164,8 +164,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     dev = torch.device("cuda")
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "operators": operators(dev), "samplers": samplers(dev), "reddiff_profile_64": profile_reddiff_step(dev)}
+    prior = load("mri-brain", device=dev)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "operators": operators(dev),
+           "samplers": samplers(prior, dev), "reddiff_profile_64": profile_reddiff_step(prior, dev)}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

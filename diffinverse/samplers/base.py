@@ -263,9 +263,9 @@ class DiffusionSampler:
             x_init = physics.A_dagger(y).detach()
         like = _state_like(y, physics, x_init, x_shape)
         self._nfe = 0
-        x = self.init_x(y, physics, x_init, float(sigmas[0]), warm, generator, like)
-        state = self.init_state(x, y, physics)
         levels = sigmas.tolist()
+        x = self.init_x(y, physics, x_init, levels[0], warm, generator, like)
+        state = self.init_state(x, y, physics)
         for i in tqdm(range(len(levels) - 1), disable=not self.progress, desc=type(self).__name__):
             sigma, sigma_next = levels[i], levels[i + 1]
             x, x0_hat = self.step(x, sigma, sigma_next, y, physics, generator, state)
