@@ -18,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import deepinv as dinv
@@ -46,7 +47,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up round)")
     ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--channels", type=int, default=1, help="image channels (2: complex MRI-like)")
     ap.add_argument("--device", default="cpu")
@@ -91,14 +92,16 @@ def main() -> None:
         "reddiff": lambda: red(y, physics, generator=torch.Generator(device=device).manual_seed(0)),
         "deepinv_dps": lambda: theirs(y, physics, seed=0),
     }
-    # interleaved repeats, minimum of each (network alone: as many calls as steps in a row):
-    # robust to other processes sharing the CPU
-    best = {k: float("inf") for k in runs}
+    # interleaved rounds (network alone: as many calls as steps in a row), the first a warm-up;
+    # minimum of each over the rounds, and per-round ratios ours / deepinv (robust to other
+    # processes sharing the CPU: both runs of a round see the same conditions)
+    times = {k: [] for k in runs}
     for r in range(args.repeats + 1):
         for name, fn in runs.items():
             t = _timed(fn, device)
-            if r > 0:  # the first round is a warm-up
-                best[name] = min(best[name], t)
+            if r > 0:
+                times[name].append(t)
+    best = {k: min(v) for k, v in times.items()}
     t_f, t_fb, t_fb_std = (best[k] / args.steps for k in ("fwd", "fwd_bwd", "fwd_bwd_standard"))
     t_dps, t_red, t_theirs = best["dps"], best["reddiff"], best["deepinv_dps"]
     nfe_dps, nfe_red = dps.last_nfe, red.last_nfe
@@ -119,6 +122,9 @@ def main() -> None:
           f"(fwd+bwd, standard layout)")
     print(f"speed ratio deepinv / ours at {args.steps} steps: {t_theirs / t_dps:.3f}; "
           f"per network evaluation: {(t_theirs / nfe_theirs) / (t_dps / nfe_dps):.3f}")
+    per_round = sorted(a / b for a, b in zip(times["deepinv_dps"], times["dps"]))
+    print(f"per round, deepinv / ours at {args.steps} steps: median {statistics.median(per_round):.3f}, "
+          f"range {per_round[0]:.3f}-{per_round[-1]:.3f} over {len(per_round)} rounds")
 
 
 if __name__ == "__main__":

@@ -3,18 +3,20 @@
 1. Every torch operator on CUDA: float64 dot-product adjoint test, and float32 outputs equal to
    the CPU's (relative difference).
 2. DPS and RED-Diff with the shipped ``mri-brain`` prior on CUDA: same seed -> same result,
-   and sampler overhead = wall time / (NFE x one network call) at 64^2 and 256^2, batch 4, with
-   noise from a CUDA generator and from a CPU generator, timed in interleaved rounds.
+   and sampler overhead = wall time / (NFE x one network call) at 64^2 and 256^2, batch 4, timed
+   in interleaved rounds; RED-Diff also with ``cuda_graph=True`` (against the replayed network
+   call, and its speed-up over the eager run).
 3. A ``torch.profiler`` view of RED-Diff's loop at 64^2: kernels per step against the network's.
 
 Usage::
 
-    python benchmarks/gpu_checks.py --out gpu_checks.json
+    python benchmarks/gpu_checks.py --out gpu_checks.json [--rounds 30] [--cpu-generator]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -27,6 +29,7 @@ from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI
 from diffinverse.operators.superres import SuperResolution
 from diffinverse.operators.volume import SliceStack
 from diffinverse.priors.checkpoints import load
+from diffinverse.samplers.cuda_graph import GraphedNetwork
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 from diffinverse.testing import adjoint_mismatch
@@ -81,17 +84,19 @@ def _mri_problem(size: int, dev: torch.device) -> tuple[torch.Tensor, SingleCoil
     return x, physics, physics.A(x)
 
 
-def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 256), rounds: int = 7) -> dict:
+def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 256), rounds: int = 30,
+             cpu_generator: bool = False) -> dict:
     """Overhead = wall time / (NFE x one network call), with the samplers' channels-last input and
-    noise from a CUDA generator (and, for comparison, from a CPU generator, whose draws are copied to
-    the GPU every step).
+    noise from a CUDA generator (optionally also from a CPU generator, whose draws are copied to
+    the GPU every step); RED-Diff also with ``cuda_graph=True``, against the replayed network call.
 
-    GPU clocks and launch latencies drift, so the network call and the samplers are timed in
+    GPU clocks and launch latencies drift, so the network calls and the samplers are timed in
     interleaved rounds (after two warm-up runs of each): in a round, ``steps`` network calls in a
-    row, then one run of each sampler. Each round gives a ratio; reported are the median ratio over
-    the rounds, its range, and the ratio of the fastest times.
+    row for each kind of call, then one run of each sampler. Each round gives a ratio; reported are
+    the median ratio over the rounds, its range, and the ratio of the fastest times.
     """
     out = {}
+    graphed_net = GraphedNetwork(prior)
     for size in sizes:
         x, physics, y = _mri_problem(size, dev)
 
@@ -99,21 +104,30 @@ def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] =
             with torch.inference_mode():
                 prior(x, 0.5)
 
+        def fwd_graph():
+            with torch.inference_mode():
+                graphed_net(x, 0.5)
+
         def fwd_bwd():
             xr = x.clone().requires_grad_(True)
             prior(xr, 0.5).square().sum().backward()
 
-        units = {"fwd": lambda: [fwd() for _ in range(steps)], "fb": lambda: [fwd_bwd() for _ in range(steps)]}
+        units = {"fwd": lambda: [fwd() for _ in range(steps)], "fb": lambda: [fwd_bwd() for _ in range(steps)],
+                 "fwd_graph": lambda: [fwd_graph() for _ in range(steps)]}
         runs = {}
         for name, sampler, unit in (("DPS", DPS(prior, num_steps=steps, zeta=1.0, progress=False), "fb"),
-                                    ("REDDiff", REDDiff(prior, num_steps=steps, progress=False), "fwd")):
-            for gen_device in (dev, torch.device("cpu")):
-                key = name if gen_device == dev else f"{name}_cpu_generator"
-                runs[key] = (sampler, gen_device, unit)
+                                    ("REDDiff", REDDiff(prior, num_steps=steps, progress=False), "fwd"),
+                                    ("REDDiff_cuda_graph", REDDiff(prior, num_steps=steps, progress=False,
+                                                                   cuda_graph=True), "fwd_graph")):
+            runs[name] = (sampler, dev, unit)
+            if cpu_generator and name != "REDDiff_cuda_graph":
+                runs[f"{name}_cpu_generator"] = (sampler, torch.device("cpu"), unit)
         same_seed = {}
         for key, (sampler, gen_device, _) in runs.items():
             a, b = (sampler(y, physics, generator=torch.Generator(device=gen_device).manual_seed(0)) for _ in "ab")
             same_seed[key] = (a - b).abs().max().item()
+        eager, graphed = (runs[k][0](y, physics, generator=torch.Generator(device=dev).manual_seed(0))
+                          for k in ("REDDiff", "REDDiff_cuda_graph"))
         for fn in units.values():
             fn()
         times = {k: [] for k in (*units, *runs)}
@@ -123,11 +137,16 @@ def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] =
             for key, (sampler, gen_device, _) in runs.items():
                 g = torch.Generator(device=gen_device).manual_seed(0)
                 times[key].append(_time(lambda: sampler(y, physics, generator=g)))
-        row = {"net_forward_s": min(times["fwd"]), "net_forward_backward_s": min(times["fb"]), "rounds": rounds}
+        row = {"net_forward_s": min(times["fwd"]), "net_forward_backward_s": min(times["fb"]),
+               "net_forward_cuda_graph_s": min(times["fwd_graph"]), "rounds": rounds,
+               "reddiff_cuda_graph_vs_eager_max_abs_diff": (graphed - eager).abs().max().item(),
+               "reddiff_cuda_graph_speedup_median": statistics.median(
+                   e / gr for e, gr in zip(times["REDDiff"], times["REDDiff_cuda_graph"]))}
         for key, (sampler, _, unit) in runs.items():
             ratios = sorted(w / (sampler.last_nfe * u) for w, u in zip(times[key], times[unit]))
             row[key] = {"wall_s": min(times[key]), "nfe": sampler.last_nfe,
-                        "overhead": ratios[len(ratios) // 2], "overhead_range": [ratios[0], ratios[-1]],
+                        "overhead": statistics.median(ratios), "overhead_range": [ratios[0], ratios[-1]],
+                        "overhead_quartiles": [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]],
                         "overhead_of_fastest": min(times[key]) / (sampler.last_nfe * min(times[unit])),
                         "same_seed_max_abs_diff": same_seed[key]}
         out[f"{size}x{size}_batch4"] = row
@@ -162,11 +181,13 @@ def profile_reddiff_step(prior, dev: torch.device, size: int = 64, steps: int = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--cpu-generator", action="store_true", help="also time the samplers with a CPU generator")
     args = ap.parse_args()
     dev = torch.device("cuda")
     prior = load("mri-brain", device=dev)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "operators": operators(dev),
-           "samplers": samplers(prior, dev), "reddiff_profile_64": profile_reddiff_step(prior, dev)}
+           "samplers": samplers(prior, dev, rounds=args.rounds, cpu_generator=args.cpu_generator), "reddiff_profile_64": profile_reddiff_step(prior, dev)}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

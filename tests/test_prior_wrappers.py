@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffinverse.priors.base import RangeAdapter, VPDenoiser
+from diffinverse.priors.base import RangeAdapter, VPDenoiser, as_sigma
 from diffinverse.priors.gmm import GaussianMixturePrior
 
 F64 = torch.float64
@@ -119,3 +119,18 @@ def test_range_adapter_with_a_deepinv_denoiser():
         RangeAdapter(Shrink(), data_range=(-1.0, 1.0))
     with pytest.raises(ValueError, match="high > low"):
         RangeAdapter(Shrink(), data_range=(1.0, -1.0), channels=1)
+
+
+def test_as_sigma_float_and_tensor_paths_agree_and_reject_bad_levels():
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.float64)
+    for s in (0.7, 2, 0.0):
+        got = as_sigma(s, x)
+        assert got.shape == (3,) and got.dtype == torch.float64
+        assert torch.equal(got, as_sigma(torch.tensor(float(s), dtype=torch.float64), x))
+    levels = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    assert torch.equal(as_sigma(levels, x), levels)
+    for bad in (-0.1, float("nan"), float("inf"), torch.tensor(-0.1), torch.tensor([0.1, float("nan"), 0.3])):
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            as_sigma(bad, x)
+    with pytest.raises(ValueError, match=r"\(3,\) tensor"):
+        as_sigma(torch.ones(2), x)

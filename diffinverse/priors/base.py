@@ -17,12 +17,13 @@ References:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from deepinv.models import Denoiser
 
-__all__ = ["Prior", "RangeAdapter", "VPDenoiser", "as_sigma", "sigma_like"]
+__all__ = ["Prior", "RangeAdapter", "VPDenoiser", "as_sigma", "checked_sigma", "sigma_like"]
 
 
 def as_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,10 @@ def as_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: if ``sigma`` has the wrong shape, or is negative or non-finite.
     """
+    if isinstance(sigma, (int, float)):
+        # checked on the host and filled on the device: no host-to-device copy and no
+        # synchronisation with a GPU (the samplers pass a float at every network call)
+        return torch.full((x.shape[0],), checked_sigma(sigma), dtype=x.dtype, device=x.device)
     s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if s.ndim == 0:
         s = s.expand(x.shape[0])
@@ -43,6 +48,17 @@ def as_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(s).all() or (s < 0).any():
         raise ValueError("sigma must be finite and non-negative")
     return s
+
+
+def checked_sigma(sigma: float) -> float:
+    """``sigma`` as a float, checked on the host.
+
+    Raises:
+        ValueError: if ``sigma`` is negative or non-finite.
+    """
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be finite and non-negative, got {sigma}")
+    return float(sigma)
 
 
 def sigma_like(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,8 @@ class DPS(DiffusionSampler):
         squared_norm: guide with ``||y - A(x0_hat)||^2`` (paper) instead of the plain norm (code).
         clip_x0: clip ``x0_hat`` to ``prior.data_range`` before the guidance and the ancestral step.
         **kwargs: schedule, warm start, progress, callback, autocast, channels_last and compile options of
-            :class:`~diffinverse.samplers.base.DiffusionSampler`.
+            :class:`~diffinverse.samplers.base.DiffusionSampler` (not ``cuda_graph``: DPS needs the
+            network's gradient).
 
     Example:
         >>> sampler = DPS(prior, num_steps=200, zeta=1.0, progress=False)
@@ -74,6 +75,8 @@ class DPS(DiffusionSampler):
 
     def __init__(self, prior, *, num_steps: int = 200, zeta: float = 1.0, squared_norm: bool = False,
                  clip_x0: bool = False, **kwargs):
+        if kwargs.get("cuda_graph"):
+            raise ValueError("DPS differentiates through the network, and cuda_graph replays forward passes only")
         super().__init__(prior, num_steps=num_steps, **kwargs)
         if not (math.isfinite(zeta) and zeta >= 0):
             raise ValueError(f"zeta must be finite and >= 0, got {zeta}")
