@@ -125,8 +125,9 @@ class DiffusionSampler:
         progress: show a tqdm progress bar.
         callback: called after every step as ``callback(i, sigma, x, x0_hat)`` with the step
             index, the step's starting noise level (a float), the new state and the step's
-            denoised estimate. Tensors are passed as they are: clone them to keep them (RED-Diff's
-            estimate is an inference tensor, read-only until cloned).
+            denoised estimate. Tensors are passed as they are: clone them to keep them (RED-Diff
+            updates its state in place, and its estimate is an inference tensor, read-only until
+            cloned).
         autocast: run the network under bf16 autocast (worthwhile on recent GPUs); its output is
             cast back to the state's dtype.
         channels_last: hand the network its input in channels-last memory layout (4-D states
@@ -178,7 +179,8 @@ class DiffusionSampler:
         if compile:
             self._network = torch.compile(prior, **(compile if isinstance(compile, dict) else {}))
         if cuda_graph:
-            self._network = GraphedNetwork(prior)
+            # the graph's input buffer has the network's layout: copying into it converts
+            self._network = GraphedNetwork(prior, channels_last=channels_last)
         self.last_nfe = 0
         self._nfe = 0
 
@@ -224,7 +226,7 @@ class DiffusionSampler:
         Returned in the standard (contiguous) layout whatever layout the network computed in.
         """
         self._nfe += 1
-        if self.channels_last and x.ndim == 4:
+        if self.channels_last and x.ndim == 4 and not isinstance(self._network, GraphedNetwork):
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.autocast:
             return self._network(x, sigma).contiguous()

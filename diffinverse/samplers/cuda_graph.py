@@ -42,22 +42,26 @@ class GraphedNetwork:
             ``denoise`` (sigma already validated); any other callable is captured as ``network(x,
             sigma)`` with ``sigma`` a ``(B,)`` tensor.
         warmup: calls run on a side stream before a capture (cuDNN picks its algorithms there).
+        channels_last: give the network 4-D inputs in channels-last layout (the graph's input
+            buffer has it, so the copy into the buffer converts); other inputs keep their shape's
+            standard layout.
 
     A call takes ``x: (B, ...)`` on a CUDA device and ``sigma`` (a float, or a ``(B,)`` tensor) and
     returns a new tensor in the standard (contiguous) layout, never the graph's output buffer. One
-    graph is captured, and kept, for each shape, stride pattern, dtype, device and autocast state
-    of ``x``; the first call with a new one costs ``warmup + 1`` ordinary calls.
+    graph is captured, and kept, for each shape, dtype, device and autocast state of ``x``; the
+    first call with a new one costs ``warmup + 1`` ordinary calls.
 
     Raises (on call):
         ValueError: if ``x`` is not on a CUDA device, or ``sigma`` is negative or non-finite.
         RuntimeError: if a gradient is required (a replayed graph has no autograd history).
     """
 
-    def __init__(self, network, *, warmup: int = 2):
+    def __init__(self, network, *, warmup: int = 2, channels_last: bool = True):
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1, got {warmup}")
         self.network = network
         self.warmup = int(warmup)
+        self.channels_last = channels_last
         self._captures: dict[tuple, _Capture] = {}
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -66,7 +70,7 @@ class GraphedNetwork:
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("cuda_graph replays forward passes without autograd; this call needs a gradient "
                                "through the network (DPS): use cuda_graph=False")
-        key = (tuple(x.shape), x.stride(), x.dtype, x.device, torch.is_autocast_enabled("cuda"))
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"))
         cap = self._captures.get(key)
         if cap is None:
             cap = self._captures[key] = self._capture(x)
@@ -86,9 +90,9 @@ class GraphedNetwork:
     def _capture(self, like: torch.Tensor) -> _Capture:
         # static buffers are ordinary tensors (not inference tensors), so that calls made both inside
         # and outside torch.inference_mode can copy into them
+        layout = torch.channels_last if self.channels_last and like.ndim == 4 else torch.contiguous_format
         with torch.inference_mode(False):
-            x = torch.empty_strided(like.shape, like.stride(), dtype=like.dtype, device=like.device)
-            x.copy_(like)
+            x = like.clone(memory_format=layout)
             sigma = torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
         side = torch.cuda.Stream(like.device)
         side.wait_stream(torch.cuda.current_stream(like.device))

@@ -100,15 +100,20 @@ class REDDiff(DiffusionSampler):
         self.eps = 1e-8
 
     def init_x(self, y, physics, x_init, sigma0, warm, generator, like):
-        # mu_0 = A^dagger(y) (official initialisation), or the caller's x_init
+        # mu_0 = A^dagger(y) (official initialisation), or the caller's x_init; a contiguous copy,
+        # since the fused Adam update below pairs the entries of mu, its gradient and moments by
+        # memory position
         mu = physics.A_dagger(y) if x_init is None else x_init
-        return mu.detach().clone()
+        return mu.detach().clone(memory_format=torch.contiguous_format)
 
     def init_state(self, x, y, physics):
         # for a linear physics the data gradient is A^H A mu - A^H y: A^H y once, then one normal
         # operator per step (fewer kernels than A, a subtraction, A^H and a negation)
         aty = physics.A_adjoint(y) if isinstance(physics, LinearPhysics) else None
-        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "t": 0, "aty": aty}
+        # Adam's step counts 1, 2, ... on the state's device, where the fused update reads them;
+        # a run has at most len(self.sigmas) steps (a warm start has fewer)
+        counts = torch.arange(1, len(self.sigmas) + 1, dtype=torch.float32, device=x.device).unbind()
+        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "t": 0, "counts": counts, "aty": aty}
 
     def step(self, x, sigma, sigma_next, y, physics, generator, state):
         mu = x
@@ -122,21 +127,19 @@ class REDDiff(DiffusionSampler):
         # Adam is run on n_y * g with eps * n_y, which is the same update (Adam is invariant to a
         # constant gradient scale k when eps is scaled by k) with one kernel less; on a GPU the loop
         # is launch-bound at small sizes, so the kernels of a step are kept few and in place.
-        n_y = y[0].numel()
+        n_y = y.numel() // y.shape[0]
         if state["aty"] is not None:
             # out of place: A^H A may return its input itself (an identity physics)
             grad_data = physics.A_adjoint_A(mu) - state["aty"]
         else:
             grad_data, _ = data_fidelity_grad(mu, y, physics)
-        c = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / mu[0].numel()
-        g = grad_data.add_(torch.sub(mu, x0_hat), alpha=c * n_y)
-        # Adam (Kingma & Ba, Algorithm 1) with the bias corrections folded into the step size and eps:
-        # m_hat / (sqrt(v_hat) + eps) = (sqrt(1 - b2^t) / (1 - b1^t)) * m / (sqrt(v) + eps * sqrt(1 - b2^t)).
-        # Moments in place, mu out of place (callbacks may keep it).
-        b1, b2 = self.betas
+        c = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / (mu.numel() // mu.shape[0])
+        g = grad_data.add_(torch.sub(mu, x0_hat), alpha=c * n_y).contiguous()
+        # Adam (Kingma & Ba, Algorithm 1, with bias corrections) as one fused in-place update of mu
+        # and its moments, the kernel behind torch.optim.Adam(fused=True): one kernel instead of
+        # six. mu is updated in place (callbacks clone what they keep, see DiffusionSampler).
+        torch._fused_adam_([mu], [g], [state["m"]], [state["v"]], [], [state["counts"][state["t"]]],
+                           lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
+                           eps=self.eps * n_y, amsgrad=False, maximize=False)
         state["t"] += 1
-        state["m"].lerp_(g, 1 - b1)
-        state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-        c2 = math.sqrt(1 - b2 ** state["t"])
-        denom = state["v"].sqrt().add_(self.eps * n_y * c2)
-        return torch.addcdiv(mu, state["m"], denom, value=-self.lr * c2 / (1 - b1 ** state["t"])), x0_hat
+        return mu, x0_hat
