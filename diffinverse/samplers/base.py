@@ -142,8 +142,9 @@ class DiffusionSampler:
             (:class:`~diffinverse.samplers.cuda_graph.GraphedNetwork`, captured on the first call
             for each input shape): one launch per network call instead of one per kernel, for
             samplers that evaluate the network without gradients (RED-Diff, not DPS) on a CUDA
-            device. Worthwhile where the network is bound by kernel launches (small images and
-            batches on a GPU). Not combinable with ``compile``.
+            device. Worthwhile where the network is bound by kernel launches: RED-Diff ran 3.1x
+            faster at 64x64, batch 4, and 1.06x at 256x256 on an H100, with the same output
+            (``benchmarks/README.md``). Not combinable with ``compile``.
 
     Attributes:
         last_nfe: number of network evaluations of the last call (one evaluation = one call of
