@@ -87,3 +87,30 @@ def test_graphed_network_outputs_are_fresh_tensors_and_equal_the_network():
         graphed(x1, float("nan"))
     with pytest.raises(RuntimeError, match="without autograd"):
         graphed(x1.clone().requires_grad_(True), 0.3)
+
+
+@cuda
+def test_graphs_follow_the_network_weights():
+    """In-place weight changes reach the replayed graph; moved weights (a reassigned parameter)
+    make it capture anew instead of reading the old addresses."""
+    dev = torch.device("cuda")
+    net = _unet(dev)
+    graphed = GraphedNetwork(net)
+    x = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(0)).to(dev)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    conv = net.net.conv_out
+
+    def both():
+        with torch.inference_mode():
+            return graphed(x, 0.5), net(nhwc, 0.5)
+
+    before, _ = both()
+    with torch.no_grad():
+        conv.weight.mul_(2.0)                                    # in place: the same graph sees it
+    in_place, want = both()
+    torch.testing.assert_close(in_place, want, rtol=1e-5, atol=1e-5)
+    assert len(graphed._captures) == 1 and not torch.allclose(in_place, before)
+    conv.weight = torch.nn.Parameter(conv.weight.detach() * 0.5)  # moved: captured anew
+    moved, want = both()
+    torch.testing.assert_close(moved, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moved, before, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,11 @@ Only forward passes without autograd can be replayed this way (RED-Diff's networ
 must be capturable: no host synchronisation, no data-dependent shapes, no new device memory
 outside PyTorch's allocator (the UNet priors of this package are).
 
+A graph reads the network's weights from the device memory they had at capture. In-place changes
+(an optimiser step, ``load_state_dict``) are therefore seen by later replays; for an
+``nn.Module`` network, every call also checks that its parameters and buffers still live where
+they did (``.to()``, ``.half()`` or a reassigned parameter move them) and captures anew if not.
+
 References:
     NVIDIA, "CUDA C++ Programming Guide", section "CUDA Graphs"; ``torch.cuda.graph``.
 """
@@ -63,6 +68,13 @@ class GraphedNetwork:
         self.warmup = int(warmup)
         self.channels_last = channels_last
         self._captures: dict[tuple, _Capture] = {}
+        self._captured_weights: tuple | None = None
+
+    def _weights(self) -> tuple | None:
+        """Where the network's parameters and buffers live, and as what (``None``: not a module)."""
+        if not isinstance(self.network, torch.nn.Module):
+            return None
+        return tuple((t.data_ptr(), t.dtype, t.device) for t in (*self.network.parameters(), *self.network.buffers()))
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         if x.device.type != "cuda":
@@ -70,6 +82,11 @@ class GraphedNetwork:
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("cuda_graph replays forward passes without autograd; this call needs a gradient "
                                "through the network (DPS): use cuda_graph=False")
+        weights = self._weights()
+        if weights != self._captured_weights:
+            # the weights moved since the graphs were captured: their addresses are stale
+            self._captures.clear()
+            self._captured_weights = weights
         key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"))
         cap = self._captures.get(key)
         if cap is None:
