@@ -109,8 +109,10 @@ def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] =
                 graphed_net(x, 0.5)
 
         def fwd_bwd():
+            # what DPS needs: the vector-Jacobian product with respect to the input only
             xr = x.clone().requires_grad_(True)
-            prior(xr, 0.5).square().sum().backward()
+            out = prior(xr, 0.5)
+            torch.autograd.grad(out, xr, grad_outputs=torch.ones_like(out))
 
         units = {"fwd": lambda: [fwd() for _ in range(steps)], "fb": lambda: [fwd_bwd() for _ in range(steps)],
                  "fwd_graph": lambda: [fwd_graph() for _ in range(steps)]}

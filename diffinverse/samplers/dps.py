@@ -108,10 +108,11 @@ class DPS(DiffusionSampler):
             (grad,) = torch.autograd.grad(x0_hat, x, grad_outputs=grad_x0)
         x, x0_hat = x.detach(), x0_hat.detach()
         # lines 5-7: DDPM ancestral step in VE form, mean x0_hat + (sigma_next/sigma)^2 (x - x0_hat)
-        x_next = x0_hat + (sigma_next / sigma) ** 2 * (x - x0_hat)
+        # (one kernel per term: on a GPU at small sizes the loop is bound by kernel launches)
+        x_next = torch.lerp(x0_hat, x, (sigma_next / sigma) ** 2)
         if sigma_next > 0:
             sigma_up = sigma_next * math.sqrt(sigma**2 - sigma_next**2) / sigma
-            x_next = x_next + sigma_up * randn(x.shape, x, generator)
+            x_next.add_(randn(x.shape, x, generator), alpha=sigma_up)
         # line 8: guidance, with the VP-to-VE factor that keeps the official zeta's meaning
         c = math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
-        return x_next - self.zeta * c * grad, x0_hat
+        return x_next.sub_(grad, alpha=self.zeta * c), x0_hat
