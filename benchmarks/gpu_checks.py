@@ -189,7 +189,8 @@ def main() -> None:
     dev = torch.device("cuda")
     prior = load("mri-brain", device=dev)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "operators": operators(dev),
-           "samplers": samplers(prior, dev, rounds=args.rounds, cpu_generator=args.cpu_generator), "reddiff_profile_64": profile_reddiff_step(prior, dev)}
+           "samplers": samplers(prior, dev, rounds=args.rounds, cpu_generator=args.cpu_generator),
+           "reddiff_profile_64": profile_reddiff_step(prior, dev)}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

@@ -76,9 +76,10 @@ class REDDiff(DiffusionSampler):
         betas: Adam's moment decay rates.
         weighting: ``"linear"``, ``"sqrt"``, ``"square"`` or ``"const"`` (see the module notes).
         **kwargs: schedule, warm start, progress, callback, autocast, channels_last, compile and
-            cuda_graph options of :class:`~diffinverse.samplers.base.DiffusionSampler`. A warm start (``sigma_start``)
-            runs only the noise levels below ``sigma_start``; ``x_init`` replaces
-            ``A_dagger(y)`` as the starting ``mu`` (no noise is added: ``mu`` is not a noisy state).
+            cuda_graph options of :class:`~diffinverse.samplers.base.DiffusionSampler`. A warm
+            start (``sigma_start``) runs only the noise levels below ``sigma_start``; ``x_init``
+            replaces ``A_dagger(y)`` as the starting ``mu`` (no noise is added: ``mu`` is not a
+            noisy state).
 
     References:
         Mardani et al., "A Variational Perspective on Solving Inverse Problems with Diffusion
