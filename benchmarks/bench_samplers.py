@@ -122,9 +122,14 @@ def main() -> None:
           f"(fwd+bwd, standard layout)")
     print(f"speed ratio deepinv / ours at {args.steps} steps: {t_theirs / t_dps:.3f}; "
           f"per network evaluation: {(t_theirs / nfe_theirs) / (t_dps / nfe_dps):.3f}")
-    per_round = sorted(a / b for a, b in zip(times["deepinv_dps"], times["dps"]))
-    print(f"per round, deepinv / ours at {args.steps} steps: median {statistics.median(per_round):.3f}, "
-          f"range {per_round[0]:.3f}-{per_round[-1]:.3f} over {len(per_round)} rounds")
+
+    def per_round(num, den, scale=1.0):
+        r = sorted(scale * a / b for a, b in zip(times[num], times[den]))
+        return f"median {statistics.median(r):.3f}, range {r[0]:.3f}-{r[-1]:.3f}"
+
+    print(f"per round ({args.repeats} rounds): deepinv / ours at {args.steps} steps "
+          f"{per_round('deepinv_dps', 'dps')}; overhead DPS {per_round('dps', 'fwd_bwd', args.steps / nfe_dps)}, "
+          f"RED-Diff {per_round('reddiff', 'fwd', args.steps / nfe_red)}")
 
 
 if __name__ == "__main__":
