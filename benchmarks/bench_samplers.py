@@ -127,6 +127,21 @@ def main() -> None:
         r = sorted(scale * a / b for a, b in zip(times[num], times[den]))
         return f"median {statistics.median(r):.3f}, range {r[0]:.3f}-{r[-1]:.3f}"
 
+    # the loop's own share, measured inside each run (robust to the machine's slow phases): wall time
+    # over the time spent inside the network calls of that run (forward hooks; on a GPU these would
+    # time kernel launches, not kernels, so CPU only)
+    if device.type == "cpu":
+        shares = []
+        for _ in range(3):
+            inside = []
+            pre = prior.register_forward_pre_hook(lambda *_: inside.append(-time.perf_counter()))
+            post = prior.register_forward_hook(lambda *_: inside.append(time.perf_counter()))
+            wall = _timed(runs["reddiff"], device)
+            pre.remove()
+            post.remove()
+            shares.append(wall / sum(inside))
+        print(f"RED-Diff, wall time / time inside its network calls, three runs: "
+              f"{', '.join(f'{r:.4f}' for r in shares)}")
     print(f"per round ({args.repeats} rounds): deepinv / ours at {args.steps} steps "
           f"{per_round('deepinv_dps', 'dps')}; overhead DPS {per_round('dps', 'fwd_bwd', args.steps / nfe_dps)}, "
           f"RED-Diff {per_round('reddiff', 'fwd', args.steps / nfe_red)}")
