@@ -111,13 +111,17 @@ class GraphedNetwork:
         with torch.inference_mode(False):
             x = like.clone(memory_format=layout)
             sigma = torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
+        # under autocast, the weights' low-precision copies must be made inside the graph: autocast's
+        # cache would keep them in memory that is freed when the caller's autocast region ends
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False,
+                                  enabled=torch.is_autocast_enabled("cuda"))
         side = torch.cuda.Stream(like.device)
         side.wait_stream(torch.cuda.current_stream(like.device))
-        with torch.no_grad(), torch.cuda.stream(side):
+        with torch.no_grad(), autocast, torch.cuda.stream(side):
             for _ in range(self.warmup):
                 self._forward(x, sigma)
         torch.cuda.current_stream(like.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
+        with torch.no_grad(), autocast, torch.cuda.graph(graph):
             out = self._forward(x, sigma)
         return _Capture(graph=graph, x=x, sigma=sigma, out=out)
