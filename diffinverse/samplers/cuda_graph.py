@@ -1,7 +1,7 @@
 """The network's forward pass replayed as a CUDA graph: one launch per call instead of hundreds.
 
 On a GPU, small images leave the network bound by kernel launches: the shipped 1.5M-parameter
-UNet launches 435 kernels per call, whose host-side cost at 64x64, batch 4, is several times the
+UNet launches 426 kernels per call, whose host-side cost at 64x64, batch 4, is about three times the
 GPU's own work. :class:`GraphedNetwork` captures the call once per input shape (after warm-up
 calls on a side stream, as CUDA graphs require) and then replays it: per call, one copy of the
 input into the graph's input buffer, one fill of its noise-level buffer, one graph launch and one
