@@ -171,20 +171,23 @@ class _CartesianMRI(LinearPhysics):
         m = _as_mask(mask)
         self.register_buffer("_mask", m)
         _, post = _ramps(m.shape[-2], m.shape[-1], torch.float64, m.device)
-        # k-space weights with the FFT's output ramp folded in (|kmask| == mask), kept in double
-        # and single precision: each call takes the data's without a cast (a kernel per call on GPUs)
+        # k-space weights with the FFT's output ramp folded in (|kmask| == mask), and the mask of
+        # A^H A in the uncentred frame, kept in double and single precision: each call takes the
+        # data's without a cast (a kernel per call on GPUs)
         kmask = m.double() * post
-        for name, w in (("_kmask", kmask), ("_kmask_conj", kmask.conj().resolve_conj())):
+        for name, w in (("_kmask", kmask), ("_kmask_conj", kmask.conj().resolve_conj()),
+                        ("_normal_w", torch.fft.ifftshift(m.double(), dim=(-2, -1)))):
             self.register_buffer(name, w, persistent=False)
-            self.register_buffer(name + "_single", w.to(torch.complex64), persistent=False)
-        normal = torch.fft.ifftshift(m.double(), dim=(-2, -1))  # A^H A in the uncentred frame
-        self.register_buffer("_normal_w", normal, persistent=False)
-        self.register_buffer("_normal_w_single", normal.float(), persistent=False)
+            self.register_buffer(name + "_single", w.to(torch.complex64 if w.is_complex() else torch.float32),
+                                 persistent=False)
+
+    def _in_precision(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """The buffer ``name`` in ``dtype``'s precision (double, or the ``_single`` copy)."""
+        return getattr(self, name if dtype in (torch.float64, torch.complex128) else name + "_single")
 
     def _kweights(self, dtype: torch.dtype, *, conj: bool = False) -> torch.Tensor:
         """The k-space weights ``(Bm, 1, H, W)`` (or their conjugate) in ``dtype``'s precision."""
-        name = "_kmask_conj" if conj else "_kmask"
-        return getattr(self, name if dtype in (torch.float64, torch.complex128) else name + "_single")
+        return self._in_precision("_kmask_conj" if conj else "_kmask", dtype)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -243,7 +246,7 @@ class SingleCoilMRI(_CartesianMRI):
         _check_real_input(x, "x", 4, "(B, 2, H, W)")
         self._check_size(x)
         z = to_complex(x)
-        w = self._normal_w if z.dtype == torch.complex128 else self._normal_w_single
+        w = self._in_precision("_normal_w", z.dtype)
         return to_channels(torch.fft.ifft2(torch.fft.fft2(z, norm="ortho").mul_(w[:, 0]), norm="ortho")).contiguous()
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
