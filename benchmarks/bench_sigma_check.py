@@ -10,12 +10,11 @@ Usage:
     python benchmarks/bench_sigma_check.py
 """
 import statistics
-import time
 
 import torch
 
+from gpu_checks import _time
 from diffinverse.priors.checkpoints import load
-
 
 
 def _former_as_sigma(sigma: float, x: torch.Tensor) -> torch.Tensor:
@@ -23,14 +22,6 @@ def _former_as_sigma(sigma: float, x: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(s).all() or (s < 0).any():
         raise ValueError("sigma must be finite and non-negative")
     return s
-
-
-def _timed(fn) -> float:
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -52,7 +43,7 @@ def main() -> None:
         t = {"old": [], "new": []}
         for r in range(32):
             for k, f in (("old", former), ("new", current)):
-                dt = _timed(f) / 20
+                dt = _time(f) / 20
                 if r >= 2:
                     t[k].append(dt)
         ratios = sorted(o / n for o, n in zip(t["old"], t["new"]))
