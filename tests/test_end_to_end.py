@@ -55,8 +55,9 @@ too (below TV in SSIM on the benchmark's images with ``lr`` 0.003 from ``sigma_s
 tuning images gave 34.29 / 0.951 there, and 34.29 / 0.959 with ``lr`` 0.002 from 0.03, TV 33.11 /
 0.939). Both shipped priors were later fine-tuned (``ct-ellipses`` with natural-image texture,
 ``mri-brain`` with magnitude images and a wider noise range; their model cards); every frozen value
-and margin was kept and still holds (benchmark images: ``benchmarks/README.md``). What the test does not claim: that the priors (1.5M parameters, minutes
-of GPU training) are good in absolute terms, or that these settings are best at other sizes.
+and margin was kept and still holds (benchmark images: ``benchmarks/README.md``). What the test
+does not claim: that the priors (1.5M parameters, minutes of GPU training) are good in absolute
+terms, or that these settings are best at other sizes.
 """
 from __future__ import annotations
 
