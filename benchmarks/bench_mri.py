@@ -1,8 +1,9 @@
 """Multi-coil MRI benchmark and real-data SENSE measurement (not a test).
 
 Speed: forward + adjoint ``A^H(A(x))`` of a 15-coil 320x320 Cartesian operator at batch 1 and 8,
-ours (``diffinverse.operators.mri.MultiCoilMRI``; also its fused normal operator ``A_adjoint_A``)
-against deepinv's ``MultiCoilMRI`` and sigpy's ``Sense`` (a Python loop over the batch), timed
+ours (``diffinverse.operators.mri.MultiCoilMRI``; also its fused normal operator ``A_adjoint_A``,
+which takes 1D FFTs for this line mask, and "A_adjoint_A 2D", the same mask with one k-space
+sample added off the lines, which makes it a pixel mask and takes 2D FFTs) against deepinv's ``MultiCoilMRI`` and sigpy's ``Sense`` (a Python loop over the batch), timed
 side by side in one process in interleaved rounds (median of the rounds). Peak memory: each
 configuration runs in a fresh subprocess; the kernel's peak-RSS counter is reset
 (``/proc/self/clear_refs``) and the peak of the first call above the RSS before it is reported
@@ -59,6 +60,10 @@ def make_impls(maps, mask):
     from diffinverse.operators.mri import MultiCoilMRI
 
     ours = MultiCoilMRI(mask, maps)
+    # one extra k-space sample off the lines makes it a pixel mask: A^H A then takes 2D FFTs
+    pixel_mask = mask.clone()
+    pixel_mask[0, (mask[0] == 0).nonzero()[0, 0]] = 1
+    ours_2d = MultiCoilMRI(pixel_mask, maps)
     theirs = deepinv.physics.MultiCoilMRI(mask=mask, coil_maps=maps, img_size=(H, W))
     sense = sigpy.mri.linop.Sense(maps.numpy(), weights=mask.numpy())
     normal_sp = sense.H * sense
@@ -71,6 +76,7 @@ def make_impls(maps, mask):
     return {
         "ours A then A^H": lambda x: ours.A_adjoint(ours.A(x)),
         "ours A_adjoint_A": ours.A_adjoint_A,
+        "ours A_adjoint_A 2D": ours_2d.A_adjoint_A,
         "deepinv": lambda x: theirs.A_adjoint(theirs.A(x)),
         "sigpy Sense (loop)": sigpy_fn,
     }, ours, theirs

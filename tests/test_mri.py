@@ -199,13 +199,38 @@ def test_bad_inputs(g):
         to_complex(torch.zeros(1, 2, 4, dtype=torch.complex64))
 
 
+def random_masks(kind, n, shape, g):
+    """``n`` random masks ``(n, H, W)``: Cartesian lines (columns) or scattered pixels."""
+    if kind == "lines":
+        return (torch.rand(n, 1, shape[1], generator=g) > 0.6).float().expand(n, *shape).clone()
+    return (torch.rand(n, *shape, generator=g) > 0.6).float()
+
+
 @pytest.mark.parametrize("shape", [(16, 12), (15, 13), (16, 11)])
 @pytest.mark.parametrize("per_item_mask", [False, True])
-def test_single_coil_normal_operator_equals_adjoint_of_forward(g, shape, per_item_mask):
-    # A_adjoint_A skips the centring ramps (they cancel); odd sizes have complex ramps
-    masks = torch.stack([(torch.rand(shape, generator=g) > 0.6).float() for _ in range(3)])
+@pytest.mark.parametrize("kind", ["lines", "pixels"])
+def test_single_coil_normal_operator_equals_adjoint_of_forward(g, shape, per_item_mask, kind):
+    # A_adjoint_A skips the centring ramps (they cancel); odd sizes have complex ramps; line
+    # masks take the 1D-FFT path
+    masks = random_masks(kind, 3, shape, g)
     op = SingleCoilMRI(masks if per_item_mask else masks[0])
+    assert op._normal_dims == ((-1,) if kind == "lines" else (-2, -1))
     x = torch.randn(3, 2, *shape, generator=g, dtype=torch.float64)
     torch.testing.assert_close(op.A_adjoint_A(x), op.A_adjoint(op.A(x)), rtol=1e-12, atol=1e-12)
     x32 = x.float()
     torch.testing.assert_close(op.A_adjoint_A(x32), op.A_adjoint(op.A(x32)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("maps_shape,x_shape", [
+    ((4, 16, 12), (3, 2, 16, 12)),              # one map set
+    ((2, 4, 15, 11), (3, 2, 2, 15, 11)),        # two map sets, odd sizes
+    ((3, 1, 4, 16, 11), (3, 2, 16, 11)),        # per-slice maps, odd width
+])
+@pytest.mark.parametrize("kind", ["lines", "pixels"])
+def test_multi_coil_normal_operator_equals_adjoint_of_forward(g, maps_shape, x_shape, kind):
+    masks = random_masks(kind, 3, maps_shape[-2:], g)
+    for mask in (masks, masks[0]):
+        op = MultiCoilMRI(mask, crandn(*maps_shape, g=g))
+        assert op._normal_dims == ((-1,) if kind == "lines" else (-2, -1))
+        x = torch.randn(*x_shape, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(op.A_adjoint_A(x), op.A_adjoint(op.A(x)), rtol=1e-12, atol=1e-12)
