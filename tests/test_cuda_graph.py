@@ -44,6 +44,9 @@ def test_refused_where_it_cannot_work():
     physics, y = _mri(16, 1, "cpu")
     with pytest.raises(ValueError, match="CUDA device, got cpu"):
         REDDiff(net, num_steps=4, cuda_graph=True, progress=False)(y, physics)
+    # a wrong channel count is reported as such (the graph runs denoise(), not the checked call)
+    with pytest.raises(ValueError, match="expects 2 channel"):
+        GraphedNetwork(net)(torch.zeros(1, 3, 16, 16), 0.5)
 
 
 @cuda

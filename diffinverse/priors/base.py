@@ -98,10 +98,14 @@ class Prior(Denoiser):
         Returns:
             The denoised estimate, same shape as ``x``.
         """
+        self.check_input(x)
+        return self.denoise(x, as_sigma(sigma, x))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``(B, channels, ...)`` (a host-side shape check)."""
         if x.ndim < 2 or x.shape[1] != self.channels:
             raise ValueError(
                 f"{type(self).__name__} expects {self.channels} channel(s) in dim 1, got shape {tuple(x.shape)}")
-        return self.denoise(x, as_sigma(sigma, x))
 
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """``grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2``, same shape as ``x``."""

@@ -57,7 +57,8 @@ class GraphedNetwork:
     first call with a new one costs ``warmup + 1`` ordinary calls.
 
     Raises (on call):
-        ValueError: if ``x`` is not on a CUDA device, or ``sigma`` is negative or non-finite.
+        ValueError: if ``x`` has the wrong channel count for a ``Prior``, is not on a CUDA device,
+            or ``sigma`` is negative or non-finite.
         RuntimeError: if a gradient is required (a replayed graph has no autograd history).
     """
 
@@ -77,6 +78,9 @@ class GraphedNetwork:
         return tuple((t.data_ptr(), t.dtype, t.device) for t in (*self.network.parameters(), *self.network.buffers()))
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        if isinstance(self.network, Prior):
+            # the graph holds denoise(), which skips the public call's checks
+            self.network.check_input(x)
         if x.device.type != "cuda":
             raise ValueError(f"cuda_graph needs the network's input on a CUDA device, got {x.device}")
         if torch.is_grad_enabled() and x.requires_grad:
