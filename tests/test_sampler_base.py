@@ -7,6 +7,7 @@ import deepinv as dinv
 import pytest
 import torch
 
+from diffinverse.priors.base import Prior, sigma_like
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.priors.schedules import karras, ve_geometric
 from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad
@@ -56,6 +57,46 @@ def test_same_seed_bit_identical_and_global_rng_untouched(name, prior, problem):
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("sigma_start", [None, 0.5])
+def test_non_finite_inputs_are_refused_before_sampling(name, prior, problem, sigma_start):
+    physics, x0, y = problem
+    sampler = SAMPLERS[name](prior, num_steps=5)
+    for bad in (float("nan"), float("inf")):
+        y_bad = y.clone()
+        y_bad[1, 0, 2, 3] = bad
+        with pytest.raises(ValueError, match="y contains NaN or infinite values"):
+            sampler(y_bad, physics, sigma_start=sigma_start)
+        with pytest.raises(ValueError, match="y contains NaN or infinite values"):
+            sampler.posterior(y_bad, physics, num_samples=2, sigma_start=sigma_start)
+    x_bad = x0.clone()
+    x_bad[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="x_init contains NaN or infinite values"):
+        sampler(y, physics, x_init=x_bad, sigma_start=0.5)
+    assert sampler.last_nfe == 0  # refused before the first network call
+
+
+class _BreaksBelow(Prior):
+    """The GMM prior's denoiser, returning NaN below a noise level (a network that blows up)."""
+
+    def __init__(self, inner: Prior, level: float):
+        super().__init__()
+        self.inner, self.level = inner, level
+        self.channels, self.sigma_min, self.sigma_max = inner.channels, inner.sigma_min, inner.sigma_max
+
+    def denoise(self, x, sigma):
+        return self.inner.denoise(x, sigma).masked_fill(sigma_like(sigma, x) < self.level, float("nan"))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_divergence_is_reported_not_returned(name, prior, problem):
+    physics, _, y = problem
+    healthy = SAMPLERS[name](_BreaksBelow(prior, level=0.0), num_steps=6)
+    assert torch.isfinite(healthy(y, physics, generator=torch.Generator().manual_seed(0))).all()
+    with pytest.raises(FloatingPointError, match=f"{type(healthy).__name__} diverged.*after 6 steps"):
+        SAMPLERS[name](_BreaksBelow(prior, level=1.0), num_steps=6)(y, physics)
 
 
 @pytest.mark.parametrize("name", SAMPLERS)

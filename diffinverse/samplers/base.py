@@ -269,7 +269,14 @@ class DiffusionSampler:
 
         Returns:
             The reconstruction, shaped like ``x`` (e.g. ``physics.A_adjoint(y)``).
+
+        Raises:
+            ValueError: if ``y`` or ``x_init`` contains NaN or infinite values.
+            FloatingPointError: if the reconstruction is not finite (the iteration diverged).
         """
+        _check_finite(y, "y")
+        if x_init is not None:
+            _check_finite(x_init, "x_init")
         sigma_start = self.sigma_start if sigma_start is None else sigma_start
         sigmas = self.schedule_for(sigma_start)
         generator = generator if generator is not None else _fresh_generator(y.device)
@@ -287,7 +294,12 @@ class DiffusionSampler:
             if self.callback is not None:
                 self.callback(i, sigma, x, x0_hat)
         self.last_nfe = self._nfe
-        return self.finalize(x, state)
+        x = self.finalize(x, state)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(
+                f"{type(self).__name__} diverged: its reconstruction contains NaN or infinite values after "
+                f"{len(levels) - 1} steps (try a smaller step size, e.g. zeta or lr, or more steps)")
+        return x
 
     def posterior(self, y: torch.Tensor, physics, *, num_samples: int,
                   generator: torch.Generator | None = None, max_batch: int | None = None,
@@ -360,6 +372,13 @@ def _check_grid(sigmas: torch.Tensor) -> torch.Tensor:
     if (sigmas[1:] >= sigmas[:-1]).any():
         raise ValueError("a sigma grid must be strictly decreasing")
     return sigmas
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def _fresh_generator(device: torch.device) -> torch.Generator:
