@@ -6,9 +6,9 @@ temporary fastMRI-layout file, a project-made derivative that is deleted afterwa
 ``(1, 8, 320, 256)`` and, as the reference, ``reconstruction_rss`` = the root-sum-of-squares of the
 fully sampled coil images. The command line then undersamples it retrospectively (its ``--mask``,
 ``--acceleration``, ``--seed``) and reconstructs it with each ``--sampler`` at its defaults (DPS and
-RED-Diff warm-started from the one-map SENSE image at sigma 0.2, 50-step grid, shipped
-``mri-brain`` prior), reporting PSNR/SSIM against the reference for the sampler and for the
-zero-filled and SENSE baselines, as it does for any fastMRI file.
+RED-Diff on the first ESPIRiT map set's image, warm-started from two-map SENSE at sigma 0.2,
+50-step grid, shipped ``mri-brain`` prior), reporting PSNR/SSIM against the reference for the
+sampler and for the zero-filled and SENSE baselines, as it does for any fastMRI file.
 
 Usage:
     python benchmarks/real_brain_cli.py /work/shared/data/real/mri_kspace/espirit_brain_alias_8ch.mat \\
