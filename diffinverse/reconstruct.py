@@ -101,12 +101,16 @@ TV_LAMBDA, TV_ITERS = 0.01, 200
 # Defaults per diffusion sampler: steps of the full grid, the warm-start level (in the units of
 # the scaled data, where the magnitude's 99.5th percentile is 1) and the step sizes, chosen for PSNR
 # on the demo file at 4x (random lines, seed 0) by
-#   python benchmarks/tune_cli.py demo --sampler dps --grid zeta=0.5,1,2,4,8,16 sigma-start=0.2,0.3
-#   python benchmarks/tune_cli.py demo --sampler reddiff --grid lam=0.002,0.01,0.05,0.25 \
-#       lr=0.005,0.01,0.02,0.05,0.1 sigma-start=0.1,0.2,0.3
-# DPS: zeta 1 / 2 / 4 / 8 / 16 gave 25.87 / 26.85 / 27.54 / 27.28 / 24.74 dB. RED-Diff with the
-# official lam 0.25 and lr 0.25 gave 9.7 dB (the data term here averages over the unmeasured
-# zeros too, see samplers/reddiff.py); lam 0.01 with lr 0.05 gave 27.42 dB.
+#   python benchmarks/tune_cli.py demo --sampler dps --grid zeta=0.5,1,2,4 sigma-start=0.2,0.3
+#   python benchmarks/tune_cli.py demo --sampler dps --grid zeta=8,16,32 sigma-start=0.2
+#   python benchmarks/tune_cli.py demo --sampler reddiff --grid lam=0.01,0.05,0.25 \
+#       lr=0.005,0.01,0.02,0.05 sigma-start=0.1,0.2,0.3
+#   python benchmarks/tune_cli.py demo --sampler reddiff --grid lam=0.002,0.005,0.01 lr=0.05,0.1 \
+#       sigma-start=0.2
+# DPS at sigma-start 0.2: zeta 1 / 2 / 4 / 8 / 16 gave 25.87 / 26.85 / 27.54 / 27.28 / 24.74 dB
+# (0.3 with zeta 4: 27.72 dB, two more network evaluations). RED-Diff with the official lam 0.25
+# and lr 0.25 gave 9.7 dB (the data term here averages over the unmeasured zeros too, see
+# samplers/reddiff.py); lam 0.01 with lr 0.05 gave 27.42 dB (at sigma-start 0.3: 27.45 dB).
 DIFFUSION = {
     "dps": {"cls": DPS, "steps": 50, "sigma_start": 0.2, "kwargs": {"zeta": 4.0}},
     "reddiff": {"cls": REDDiff, "steps": 50, "sigma_start": 0.2, "kwargs": {"lam": 0.01, "lr": 0.05}},
