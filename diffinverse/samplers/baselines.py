@@ -107,6 +107,11 @@ def _op_norm_sq(physics, x: torch.Tensor, iters: int) -> float:
 
 
 @torch.no_grad()
+def _sq_norms(t: torch.Tensor) -> torch.Tensor:
+    """Squared norm of each batch item: ``(B, ...)`` -> ``(B,)``."""
+    return t.square().flatten(1).sum(1)
+
+
 def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters: int = 300,
                       x_init: torch.Tensor | None = None, spatial_dims: int | None = None,
                       power_iters: int = 30, callback: Callable[[int, torch.Tensor], None] | None = None
@@ -128,7 +133,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         lam: TV weight, in the units of ``||A x - y||^2 / TV(x)``: grows with the noise level and
             with the data scale of ``y`` (e.g. ``~ noise_sigma * ||A||`` for ``x`` on ``[0, 1]``).
         num_iters: PDHG iterations.
-        x_init: starting point, default ``A^H y``.
+        x_init: starting point, default ``A^H y`` scaled by the best step from 0 along it.
         spatial_dims: dims to take TV along (default all after the channel dim: 2 for
             ``(B, C, H, W)``, 3 for volumes ``(B, C, D, H, W)``).
         power_iters: power iterations for ``||A||``.
@@ -144,7 +149,16 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         raise TypeError(f"tv_reconstruction needs a deepinv LinearPhysics, got {type(physics).__name__}")
     if lam < 0 or num_iters < 1:
         raise ValueError(f"need lam >= 0 and num_iters >= 1, got lam={lam}, num_iters={num_iters}")
-    x = physics.A_adjoint(y) if x_init is None else x_init.clone()
+    if x_init is None:
+        # A^H y scaled by the exact line search from 0 along it, ||A^H y||^2 / ||A A^H y||^2 per item:
+        # about A^H y for MRI (A^H A a projection), while for CT (||A||^2 in the thousands) the
+        # unscaled backprojection is far off and 300 iterations did not recover from it (60 views:
+        # 31.6 dB against 34.1 dB converged)
+        x = physics.A_adjoint(y)
+        alpha = _sq_norms(x) / _sq_norms(physics.A(x)).clamp_min(1e-30)
+        x = alpha.reshape(-1, *([1] * (x.ndim - 1))) * x
+    else:
+        x = x_init.clone()
     s = _spatial(x, spatial_dims)
     grad_norm_sq, a_norm_sq = 4.0 * s, _op_norm_sq(physics, x, power_iters)
     c = max(1.0, (a_norm_sq / grad_norm_sq) ** 0.5)
