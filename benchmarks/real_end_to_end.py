@@ -23,25 +23,23 @@ Usage:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import eval_priors
 from bench_end_to_end import _priors, load_test_module, run_sampler, warm_start
 from diffinverse.operators.mri import fft2c, ifft2c, to_channels
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
-
-def _complex_to_prior_scale(z: np.ndarray, size: int) -> torch.Tensor:
+def _complex_to_prior_scale(z: torch.Tensor, size: int) -> torch.Tensor:
     """Complex ``(H, W)`` -> ``(1, 2, size, size)``: centre square, central k-space, 99.5th pct 1."""
     n = min(z.shape)
     top, left = (z.shape[0] - n) // 2, (z.shape[1] - n) // 2
-    k = fft2c(torch.from_numpy(np.ascontiguousarray(z[top:top + n, left:left + n])).to(torch.complex64))
+    k = fft2c(z[top:top + n, left:left + n])
     c = (n - size) // 2
     x = to_channels(ifft2c(k[c:c + size, c:c + size])[None])
     q = torch.quantile(x.square().sum(1).sqrt().flatten(), 0.995)
@@ -49,28 +47,14 @@ def _complex_to_prior_scale(z: np.ndarray, size: int) -> torch.Tensor:
 
 
 def real_mri_images(size: int) -> dict[str, torch.Tensor]:
-    import scipy.io
-
-    k = scipy.io.loadmat(REAL / "mri_kspace" / "espirit_brain_alias_8ch.mat")["DATA"]  # (320, 256, 8)
-    coils = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(0, 1)), axes=(0, 1), norm="ortho"), axes=(0, 1))
-    out = {"brain_8ch_rss": np.sqrt((np.abs(coils) ** 2).sum(-1)).astype(np.complex64),
-           "knee_complex_001": np.load(REAL / "mri_image" / "scoremri_knee_singlecoil_001_complex.npy")}
-    for i in (1, 2, 3):
-        out[f"knee_magnitude_00{i}"] = np.load(REAL / "mri_image" / f"scoremri_knee_retrospective_00{i}.npy")
-    return {name: _complex_to_prior_scale(z.astype(np.complex64), size) for name, z in out.items()}
+    """The real MR images of the priors' evaluation, at ``size`` by their central k-space."""
+    return {name: _complex_to_prior_scale(torch.complex(x[0, 0], x[0, 1]), size)
+            for name, x in eval_priors.real_mri_images().items()}
 
 
 def real_ct_images(size: int) -> dict[str, torch.Tensor]:
-    import pydicom
-
-    out = {}
-    for name in ("pydicom-data_693_UNCR_head_ct.dcm", "pydicom_CT_small.dcm"):
-        ds = pydicom.dcmread(REAL / "ct" / name)
-        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-        mu = np.clip(hu + 1000.0, 0, None)
-        x = torch.from_numpy(mu / mu.max())[None, None]
-        out[Path(name).stem] = F.interpolate(x, size=(size, size), mode="area")
-    return out
+    """The real CT slices of the priors' evaluation (attenuation in [0, 1]), area-resized to ``size``."""
+    return {name: F.interpolate(x, size=(size, size), mode="area") for name, x in eval_priors.real_ct_images().items()}
 
 
 def per_image_scores(e2e, x: torch.Tensor, est: torch.Tensor) -> np.ndarray:
