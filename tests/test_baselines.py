@@ -128,6 +128,12 @@ def test_tv_default_start_suits_operators_with_a_large_norm():
     assert short <= 1.01 * long
 
 
+def test_tv_builds_no_autograd_graph():
+    # a baseline, never differentiated: no graph over its hundreds of iterations
+    y = torch.randn(1, 1, 8, 8, requires_grad=True)
+    assert not tv_reconstruction(y, dinv.physics.Denoising(), lam=0.1, num_iters=3).requires_grad
+
+
 def test_tv_known_answers():
     g = torch.Generator().manual_seed(3)
     y = torch.randn(2, 1, 8, 8, generator=g)

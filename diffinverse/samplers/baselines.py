@@ -106,12 +106,12 @@ def _op_norm_sq(physics, x: torch.Tensor, iters: int) -> float:
     return lam
 
 
-@torch.no_grad()
 def _sq_norms(t: torch.Tensor) -> torch.Tensor:
     """Squared norm of each batch item: ``(B, ...)`` -> ``(B,)``."""
     return t.square().flatten(1).sum(1)
 
 
+@torch.no_grad()
 def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters: int = 300,
                       x_init: torch.Tensor | None = None, spatial_dims: int | None = None,
                       power_iters: int = 30, callback: Callable[[int, torch.Tensor], None] | None = None
