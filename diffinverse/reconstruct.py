@@ -189,9 +189,9 @@ def _check_options(args: argparse.Namespace) -> None:
             continue
         if args.sampler != sampler:
             raise ConfigError(f"--{option} applies to --sampler {sampler}, not {args.sampler}")
-        if option == "lam" and math.isfinite(value) and value >= 0:
-            continue                       # lambda = 0: no prior, data consistency alone
-        if not (math.isfinite(value) and value > 0):
+        # lambda = 0 is allowed (no prior, data consistency alone); step sizes must be positive
+        in_range = value >= 0 if option == "lam" else value > 0
+        if not (math.isfinite(value) and in_range):
             raise ConfigError(f"--{option} must be {'>= 0' if option == 'lam' else 'positive'}, got {value}")
     if args.slices is not None:
         _parse_slices(args.slices, 10**9)
