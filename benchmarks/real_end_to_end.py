@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import eval_priors
-from bench_end_to_end import _priors, load_test_module, run_sampler, warm_start
+from bench_end_to_end import _priors, load_test_module, run_sampler
 from diffinverse.operators.mri import fft2c, ifft2c, to_channels
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
@@ -78,10 +78,13 @@ def main() -> None:
         group = images["mri" if task.startswith("mri") else "other"]
         x_real = torch.cat(list(group.values()))
         x, y, physics, prior_name = e2e.make_task(task, len(x_real), args.size, args.seed, x=x_real)
-        results = {"A_dagger": per_image_scores(e2e, x, physics.A_dagger(y))}
+        adjoint = physics.A_dagger(y)
+        results = {"A_dagger": per_image_scores(e2e, x, adjoint)}
+        x_tv = None
         if cfg["baseline"] == "tv":
-            results["TV"] = per_image_scores(e2e, x, e2e.tv(y, physics, cfg["tv_lam"]))
-        x_init, _ = warm_start(e2e, cfg, y, physics)
+            x_tv = e2e.tv(y, physics, cfg["tv_lam"])
+            results["TV"] = per_image_scores(e2e, x, x_tv)
+        x_init = x_tv if cfg["init"] == "tv" else adjoint
         for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
             out, _ = run_sampler(cls, priors[prior_name], cfg[name.lower().replace("-", "")], y, physics, x_init, 1)
             results[name] = per_image_scores(e2e, x, out)
