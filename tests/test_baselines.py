@@ -65,7 +65,7 @@ def test_tv_beats_adjoint_on_blurred_blocks():
     physics = dinv.physics.Blur(_gaussian(1.5), padding="circular")
     y = physics.A(x) + 0.03 * torch.randn(x.shape, generator=g)
     adj = zero_filled(y, physics)
-    x_tv = tv_reconstruction(y, physics, lam=0.02, num_iters=300)
+    x_tv = tv_reconstruction(y, physics, lam=0.02)
     gain_adj = _psnr(x, x_tv) - _psnr(x, adj)
     gain_y = _psnr(x, x_tv) - _psnr(x, y)
     # stated margin: TV is >= 3 dB better than the adjoint and than the blurred data itself
@@ -84,7 +84,7 @@ def test_tv_beats_zero_filled_on_complex_mri():
     y = physics.A(x)
     y = y + 0.02 * torch.randn(y.shape, generator=g) * mask
     zf = zero_filled(y, physics)
-    x_tv = tv_reconstruction(y, physics, lam=0.01, num_iters=400)
+    x_tv = tv_reconstruction(y, physics, lam=0.01)
     gain = _psnr(x, x_tv) - _psnr(x, zf)
     assert gain >= 3.0, gain  # measured +11.6 dB
 
@@ -96,7 +96,7 @@ def test_tv_objective_decreases_and_beats_ground_truth():
     y = physics.A(x) + 0.05 * torch.randn(x.shape, generator=g)
     lam = 0.05
     history = []
-    x_tv = tv_reconstruction(y, physics, lam=lam, num_iters=400,
+    x_tv = tv_reconstruction(y, physics, lam=lam, num_iters=400, tol=0,
                              callback=lambda i, xi: history.append(tv_objective(xi, y, physics, lam).item()))
     start = tv_objective(physics.A_adjoint(y), y, physics, lam).item()
     obj = tv_objective(x_tv, y, physics, lam).item()
@@ -107,7 +107,7 @@ def test_tv_objective_decreases_and_beats_ground_truth():
     # the minimiser's objective is at most that of any image, the ground truth included
     assert obj <= tv_objective(x, y, physics, lam).item()
     # and it has converged: 4x more iterations change the objective by < 0.1 %
-    longer = tv_objective(tv_reconstruction(y, physics, lam=lam, num_iters=1600), y, physics, lam).item()
+    longer = tv_objective(tv_reconstruction(y, physics, lam=lam, num_iters=1600, tol=0), y, physics, lam).item()
     assert abs(obj - longer) <= 1e-3 * longer
 
 
@@ -123,15 +123,52 @@ def test_tv_default_start_suits_operators_with_a_large_norm():
     y = physics.A(x)
     y = y + 0.01 * y.abs().amax() * torch.randn(y.shape, generator=g)
     lam = 0.3
-    short, long = (tv_objective(tv_reconstruction(y, physics, lam=lam, num_iters=n), y, physics, lam).item()
+    short, long = (tv_objective(tv_reconstruction(y, physics, lam=lam, num_iters=n, tol=0), y, physics, lam).item()
                    for n in (300, 1500))
     assert short <= 1.01 * long
+
+
+def test_tv_stops_when_converged_and_warns_when_not():
+    # box inpainting, where a fixed 300 iterations (with tau = sigma) fell 3.7 dB short on 64x64
+    # phantoms: the default tol stops early, within 1e-4 of the objective of a much longer run
+    g = torch.Generator().manual_seed(6)
+    x = _blocks(2, 32, generator=g)
+    mask = torch.ones(1, 1, 32, 32)
+    mask[..., 10:22, 8:20] = 0.0
+    physics = dinv.physics.Inpainting(img_size=(1, 32, 32), mask=mask)
+    y = physics.A(x) + 0.02 * torch.randn(x.shape, generator=g) * mask
+    lam = 0.01
+    iters = []
+    x_tv = tv_reconstruction(y, physics, lam=lam, callback=lambda i, _: iters.append(i))
+    longer = tv_reconstruction(y, physics, lam=lam, num_iters=8000, tol=0)
+    obj, ref = tv_objective(x_tv, y, physics, lam), tv_objective(longer, y, physics, lam)
+    assert len(iters) < 8000, len(iters)
+    assert ((obj - ref).abs() <= 1e-4 * ref).all(), (obj, ref)
+    with pytest.warns(RuntimeWarning, match="num_iters=20 iterations"):
+        tv_reconstruction(y, physics, lam=lam, num_iters=20)
+    iters.clear()
+    tv_reconstruction(y, physics, lam=lam, num_iters=30, tol=0, callback=lambda i, _: iters.append(i))
+    assert len(iters) == 30
+
+
+def test_tv_balanced_steps_suit_small_and_large_lambda():
+    # the best fixed tau / sigma depends on lam (here: 1 for lam 0.05, 100 for lam 0.002); the
+    # balanced steps come close to the best at both. With tau = sigma, lam 0.002 stayed 5.6e-4
+    # above the minimum after 400 iterations (measured here: 2e-6 balanced)
+    g = torch.Generator().manual_seed(2)
+    x = _blocks(1, 24, generator=g)
+    physics = dinv.physics.Blur(_gaussian(1.0), padding="circular")
+    y = physics.A(x) + 0.05 * torch.randn(x.shape, generator=g)
+    for lam, bound in ((0.05, 1e-3), (0.002, 3e-5)):
+        short, long = (tv_objective(tv_reconstruction(y, physics, lam=lam, num_iters=n, tol=0), y, physics, lam).item()
+                       for n in (400, 4000))
+        assert short - long <= bound * long, (lam, short, long)
 
 
 def test_tv_builds_no_autograd_graph():
     # a baseline, never differentiated: no graph over its hundreds of iterations
     y = torch.randn(1, 1, 8, 8, requires_grad=True)
-    assert not tv_reconstruction(y, dinv.physics.Denoising(), lam=0.1, num_iters=3).requires_grad
+    assert not tv_reconstruction(y, dinv.physics.Denoising(), lam=0.1, num_iters=3, tol=0).requires_grad
 
 
 def test_tv_known_answers():
@@ -139,9 +176,9 @@ def test_tv_known_answers():
     y = torch.randn(2, 1, 8, 8, generator=g)
     denoise = dinv.physics.Denoising()
     # lam = 0 with A = I: the least-squares solution is y itself
-    assert torch.allclose(tv_reconstruction(y, denoise, lam=0.0, num_iters=200), y, atol=1e-4)
+    assert torch.allclose(tv_reconstruction(y, denoise, lam=0.0), y, atol=1e-4)
     # a huge lam with A = I: the constant image at the mean of y (TV = 0, best data fit)
-    flat = tv_reconstruction(y, denoise, lam=100.0, num_iters=2000)
+    flat = tv_reconstruction(y, denoise, lam=100.0)
     assert torch.allclose(flat, y.mean(dim=(1, 2, 3), keepdim=True).expand_as(y), atol=1e-3)
 
 
@@ -150,7 +187,7 @@ def test_tv_volume_denoising():
     vol = torch.zeros(1, 1, 8, 16, 16)
     vol[..., 2:6, 4:12, 3:10] = 1.0
     noisy = vol + 0.2 * torch.randn(vol.shape, generator=g)
-    out = tv_reconstruction(noisy, dinv.physics.Denoising(), lam=0.15, num_iters=200)
+    out = tv_reconstruction(noisy, dinv.physics.Denoising(), lam=0.15)
     assert _psnr(vol, out) >= _psnr(vol, noisy) + 6.0
     assert out.shape == vol.shape
 
@@ -168,5 +205,7 @@ def test_other_baselines_and_errors():
         tv_reconstruction(y, dinv.physics.Physics(A=lambda v: v**2))
     with pytest.raises(ValueError, match="num_iters"):
         tv_reconstruction(y, physics, num_iters=0)
+    with pytest.raises(ValueError, match="tol"):
+        tv_reconstruction(y, physics, tol=-1e-3)
     with pytest.raises(ValueError, match="spatial_dims"):
         total_variation(x, spatial_dims=3)

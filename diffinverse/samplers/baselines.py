@@ -16,12 +16,18 @@ References:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 from deepinv.physics import LinearPhysics
 
 __all__ = ["zero_filled", "sense", "fbp", "tv_reconstruction", "tv_objective", "total_variation"]
+
+# tv_reconstruction's step balancing (after Goldstein et al. 2015, Algorithm 2; here the change
+# decays every iteration): the first change of tau and 1 / sigma, by 1 / (1 - a) or (1 - a), its
+# decay per iteration, and the ratio of the residuals that triggers it
+_ADAPT_START, _ADAPT_DECAY, _ADAPT_BAND = 0.5, 0.95, 1.5
 
 
 def zero_filled(y: torch.Tensor, physics) -> torch.Tensor:
@@ -111,8 +117,18 @@ def _sq_norms(t: torch.Tensor) -> torch.Tensor:
     return t.square().flatten(1).sum(1)
 
 
+def _per_item(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` values shaped to broadcast over ``like: (B, ...)``."""
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _norms(t: torch.Tensor) -> torch.Tensor:
+    """Norm of each batch item: ``(B, ...)`` -> ``(B,)``."""
+    return _sq_norms(t).sqrt()
+
+
 @torch.no_grad()
-def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters: int = 300,
+def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters: int = 10000, tol: float = 1e-5,
                       x_init: torch.Tensor | None = None, spatial_dims: int | None = None,
                       power_iters: int = 30, callback: Callable[[int, torch.Tensor], None] | None = None
                       ) -> torch.Tensor:
@@ -123,16 +139,33 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     the norm of the gradient when it is larger (``c = max(1, ||A|| / ||grad||)``, ``||A||`` by
     power iteration, ``||grad||^2 <= 4`` per spatial dim). Without that balance an operator with a
     large norm (CT: ``||A||^2`` in the thousands) sets the step alone and the TV part barely
-    moves. Steps ``tau = sigma = 0.99 / ||K||`` with ``||K||^2 <= ||A||^2 / c^2 + ||grad||^2``;
-    any linear physics works with no tuning of step sizes.
-    Items of a batch are independent problems solved together.
+    moves. Steps start at ``tau = sigma = 0.99 / ||K||`` with ``||K||^2 <= ||A||^2 / c^2 +
+    ||grad||^2`` and are then balanced per item by the residuals below (Goldstein et al.: ``tau``
+    grows and ``sigma`` shrinks while the primal residual is the larger, and vice versa, with
+    ``tau sigma`` fixed and changes that fade within about 100 iterations). The best fixed ratio
+    ``tau / sigma`` depends on the problem (on a test deblurring it moved from 1 to 100 as ``lam``
+    fell from 0.05 to 0.002); balanced steps came within a factor 2 of the best fixed ratio's
+    objective error there and needed 3-30x fewer iterations than ``tau = sigma`` on the
+    end-to-end tasks. Any linear physics works with no tuning of step sizes. Items of a batch are
+    independent problems solved together.
+
+    The iteration stops when every item's relative primal and dual residuals (Goldstein et al.)
+    are below ``tol``, checked every 10 iterations. The primal residual is ``||K^T (p, q)||``: the
+    data term's gradient ``A^H p / c`` and the TV subgradient ``grad^T q`` cancel at the
+    minimiser; it is taken relative to ``||A^H p / c|| + ||grad^T q|| + ||A^H y|| / c^2``. The dual
+    residual is how far the last dual step is from the optimality condition ``K x in dF*(p, q)``,
+    relative to ``||K x|| + ||y / c||``. At the default ``tol`` the 64x64 end-to-end tasks
+    (sparse-view CT, MRI, deblurring, inpainting, super-resolution) stopped after 380-5230
+    iterations within 0.05 dB PSNR and 4e-5 (relative) of the objective after 8000; a fixed count
+    does not suit them all (300 iterations left box inpainting 3.7 dB short with ``tau = sigma``).
 
     Args:
         y: measurements ``(B, ...)``.
         physics: a deepinv ``LinearPhysics`` (``A`` and ``A_adjoint``).
         lam: TV weight, in the units of ``||A x - y||^2 / TV(x)``: grows with the noise level and
             with the data scale of ``y`` (e.g. ``~ noise_sigma * ||A||`` for ``x`` on ``[0, 1]``).
-        num_iters: PDHG iterations.
+        num_iters: most PDHG iterations (all of them when ``tol`` is 0).
+        tol: relative residual at which to stop; 0 runs ``num_iters`` iterations.
         x_init: starting point, default ``A^H y`` scaled by the best step from 0 along it.
         spatial_dims: dims to take TV along (default all after the channel dim: 2 for
             ``(B, C, H, W)``, 3 for volumes ``(B, C, D, H, W)``).
@@ -142,13 +175,19 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     Returns:
         The reconstruction, shaped like ``A^H y``.
 
+    Warns:
+        RuntimeWarning: if ``tol`` is positive and not reached within ``num_iters`` iterations.
+
     References:
         Chambolle & Pock, J. Math. Imaging Vis. 40 (2011), Algorithm 1.
+        Goldstein, Li & Yuan, "Adaptive primal-dual splitting methods for statistical learning
+        and image processing", NeurIPS 2015 (the residuals).
     """
     if not isinstance(physics, LinearPhysics):
         raise TypeError(f"tv_reconstruction needs a deepinv LinearPhysics, got {type(physics).__name__}")
-    if lam < 0 or num_iters < 1:
-        raise ValueError(f"need lam >= 0 and num_iters >= 1, got lam={lam}, num_iters={num_iters}")
+    if lam < 0 or num_iters < 1 or not tol >= 0:
+        raise ValueError(f"need lam >= 0, num_iters >= 1 and tol >= 0, got lam={lam}, num_iters={num_iters}, "
+                         f"tol={tol}")
     if x_init is None:
         # A^H y scaled by the exact line search from 0 along it, ||A^H y||^2 / ||A A^H y||^2 per item:
         # about A^H y for MRI (A^H A a projection), while for CT (||A||^2 in the thousands) the
@@ -163,22 +202,53 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     grad_norm_sq, a_norm_sq = 4.0 * s, _op_norm_sq(physics, x, power_iters)
     c = max(1.0, (a_norm_sq / grad_norm_sq) ** 0.5)
     lam_c, y_c = lam / c**2, y / c
+    # tau = sigma at first (tau sigma ||K||^2 = 0.98 < 1 for convergence), then balanced per item
     step = 0.99 / (a_norm_sq / c**2 + grad_norm_sq) ** 0.5
+    tau = torch.full((x.shape[0],), step, dtype=x.real.dtype, device=x.device)
+    sigma = tau.clone()
+    adapt = _ADAPT_START
     p = torch.zeros_like(y)            # dual of the (scaled) data term
     q = x.new_zeros((s, *x.shape))     # dual of the TV term
-    x_bar = x
+    # K x and K x_bar are kept (K is linear: K x_bar = 2 K x_new - K x), so that the residuals
+    # cost no extra operator call
+    ax, gx = physics.A(x) / c, _grad(x, s)
+    ax_bar, gx_bar = ax, gx
+    # the scale of the primal residual, also where the two gradients vanish (lam = 0, exact data)
+    grad_scale = _norms(physics.A_adjoint(y_c)) / c
+    residual = float("inf")
     for i in range(num_iters):
         # dual ascent: prox of sigma F* (data: closed form; TV: projection on |q| <= lam per pixel)
-        p = (p + step * (physics.A(x_bar) / c - y_c)) / (1 + step)
-        q = q + step * _grad(x_bar, s)
+        sigma_p = _per_item(sigma, p)
+        p_new = (p + sigma_p * (ax_bar - y_c)) / (1 + sigma_p)
+        q_new = q + _per_item(sigma, q[0]) * gx_bar
         if lam > 0:
-            q = q / (_magnitude(q) / lam_c).clamp_min(1.0).unsqueeze(0).unsqueeze(2)
+            q_new = q_new / (_magnitude(q_new) / lam_c).clamp_min(1.0).unsqueeze(0).unsqueeze(2)
         else:
-            q = torch.zeros_like(q)
+            q_new = torch.zeros_like(q_new)
         # primal descent (G = 0) and extrapolation with theta = 1
-        x_new = x - step * (physics.A_adjoint(p) / c + _grad_adjoint(q, s))
-        x_bar = 2 * x_new - x
-        x = x_new
+        data_grad, tv_grad = physics.A_adjoint(p_new) / c, _grad_adjoint(q_new, s)
+        x_new = x - _per_item(tau, x) * (data_grad + tv_grad)
+        ax_new, gx_new = physics.A(x_new) / c, _grad(x_new, s)
+        # relative residuals (see the docstring), NaN where both sides are 0
+        primal = _norms(data_grad + tv_grad) / (_norms(data_grad) + _norms(tv_grad) + grad_scale)
+        dual = ((_sq_norms((p - p_new) / sigma_p + ax_bar - ax_new)
+                 + _sq_norms(((q - q_new) / _per_item(sigma, q[0]) + gx_bar - gx_new).movedim(0, 1))).sqrt()
+                / ((_sq_norms(ax_new) + _sq_norms(gx_new.movedim(0, 1))).sqrt() + _norms(y_c)))
+        # balance them: the larger one gets the larger step, tau sigma unchanged (Goldstein et al.)
+        factor = torch.where(primal > _ADAPT_BAND * dual, 1 / (1 - adapt),
+                             torch.where(dual > _ADAPT_BAND * primal, 1 - adapt, 1.0))
+        tau, sigma, adapt = tau * factor, sigma / factor, adapt * _ADAPT_DECAY
+        ax_bar, gx_bar = 2 * ax_new - ax, 2 * gx_new - gx
+        x, p, q, ax, gx = x_new, p_new, q_new, ax_new, gx_new
         if callback is not None:
             callback(i, x)
+        if tol > 0 and ((i + 1) % 10 == 0 or i + 1 == num_iters):  # a host synchronisation: not every time
+            residual = torch.maximum(primal, dual).nan_to_num(0.0).max().item()
+            if residual < tol:
+                break
+    else:
+        if tol > 0:
+            warnings.warn(f"tv_reconstruction stopped after num_iters={num_iters} iterations with a relative "
+                          f"residual {residual:.2g} > tol={tol:g}: raise num_iters for a converged baseline",
+                          RuntimeWarning, stacklevel=3)  # past the no_grad wrapper
     return x
