@@ -12,7 +12,8 @@ sampler and for the zero-filled and SENSE baselines, as it does for any fastMRI 
 
 Usage:
     python benchmarks/real_brain_cli.py /work/shared/data/real/mri_kspace/espirit_brain_alias_8ch.mat \\
-        [--masks random equispaced] [--samplers dps reddiff] [--acceleration 4] [--seeds 0]
+        [--masks random equispaced] [--samplers dps reddiff tv] [--acceleration 4] [--seeds 0] \
+        [--options --warm-start tv]
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--samplers", nargs="+", default=["dps", "reddiff"])
     ap.add_argument("--acceleration", type=float, default=4.0)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--options", nargs=argparse.REMAINDER, default=[],
+                    help="further command-line options for every run, e.g. --options --warm-start tv")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +63,7 @@ def main() -> None:
                     out = Path(tmp) / f"{mask}_{seed}_{sampler}"
                     status = reconstruct([str(src), "--output", str(out), "--sampler", sampler, "--mask", mask,
                                           "--acceleration", str(args.acceleration), "--seed", str(seed),
-                                          "--device", "cpu"])
+                                          "--device", "cpu", *args.options])
                     if status != 0:
                         raise SystemExit(f"diffinverse-reconstruct failed ({status}) for {sampler}, {mask}")
                     record = json.loads((out / "espirit_brain.metrics.json").read_text())

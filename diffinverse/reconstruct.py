@@ -36,8 +36,9 @@ What it does, per file (read lazily, a batch of slices at a time):
    99.5th percentile of the magnitude of SENSE's first-set image (single-coil: zero-filled)
    before sampling, and the result is multiplied back, so outputs are in the file's units (the
    units of ``reconstruction_rss``).
-6. **Sampling**: the diffusion sampler warm-starts from that image plus noise at
-   ``--sigma-start`` (Come-Closer-Diffuse-Faster) and runs ``--steps`` steps; with
+6. **Sampling**: the diffusion sampler warm-starts from that image (``--warm-start tv``: from the
+   TV reconstruction) plus noise at ``--sigma-start`` (Come-Closer-Diffuse-Faster) and runs
+   ``--steps`` steps; with
    ``--num-samples N > 1`` the reconstruction is the magnitude of the posterior mean and ``std``
    the per-pixel standard deviation of the samples' magnitudes.
 7. **Outputs** in ``--output``, each written atomically (temporary file in the same directory,
@@ -114,8 +115,9 @@ TV_LAMBDA = 0.002
 # and lr 0.25 gave 9.7 dB (the data term here averages over the unmeasured zeros too, see
 # samplers/reddiff.py); lam 0.01 with lr 0.05 gave 27.42 dB (at sigma-start 0.3: 27.45 dB).
 DIFFUSION = {
-    "dps": {"cls": DPS, "steps": 50, "sigma_start": 0.2, "kwargs": {"zeta": 4.0}},
-    "reddiff": {"cls": REDDiff, "steps": 50, "sigma_start": 0.2, "kwargs": {"lam": 0.01, "lr": 0.05}},
+    "dps": {"cls": DPS, "steps": 50, "warm_start": "sense", "sigma_start": 0.2, "kwargs": {"zeta": 4.0}},
+    "reddiff": {"cls": REDDiff, "steps": 50, "warm_start": "sense", "sigma_start": 0.2,
+                "kwargs": {"lam": 0.01, "lr": 0.05}},
 }
 # command-line options that override a sampler's kwargs, and the sampler each belongs to
 SAMPLER_OPTIONS = {"zeta": "dps", "lr": "reddiff", "lam": "reddiff"}
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="diffusion steps of the full grid (default: per sampler)")
     p.add_argument("--sigma-start", default=None,
                    help="warm-start noise level in scaled units, or 'none' for a cold start from pure noise")
+    p.add_argument("--warm-start", choices=["sense", "tv"], default=None,
+                   help="baseline the diffusion samplers start from (default: per sampler)")
     p.add_argument("--zeta", type=float, default=None,
                    help=f"DPS guidance step size (default: {DIFFUSION['dps']['kwargs']['zeta']:g})")
     p.add_argument("--lr", type=float, default=None,
@@ -195,6 +199,8 @@ def _check_options(args: argparse.Namespace) -> None:
         in_range = value >= 0 if option == "lam" else value > 0
         if not (math.isfinite(value) and in_range):
             raise ConfigError(f"--{option} must be {'>= 0' if option == 'lam' else 'positive'}, got {value}")
+    if args.warm_start is not None and args.sampler not in DIFFUSION:
+        raise ConfigError(f"--warm-start applies to the diffusion samplers ({', '.join(DIFFUSION)}), not {args.sampler}")
     if args.slices is not None:
         _parse_slices(args.slices, 10**9)
     if args.sigma_start is not None and args.sigma_start.lower() != "none":
@@ -361,6 +367,7 @@ class _Method:
         self.device = device
         self.sampler = None
         self.sigma_start = None
+        self.warm_start = None
         if self.name in DIFFUSION:
             spec = DIFFUSION[self.name]
             self.prior = _load_prior(args.prior, device)
@@ -368,6 +375,7 @@ class _Method:
             kwargs = {**spec["kwargs"], **{k: getattr(args, k) for k, sampler in SAMPLER_OPTIONS.items()
                                            if sampler == self.name and getattr(args, k) is not None}}
             self.sampler = spec["cls"](self.prior, num_steps=self.steps, progress=False, **kwargs)
+            self.warm_start = args.warm_start or spec["warm_start"]
             start = spec["sigma_start"] if args.sigma_start is None else args.sigma_start
             self.sigma_start = None if str(start).lower() == "none" else float(start)
             if self.sigma_start is not None and self.sigma_start > float(self.sampler.sigmas[0]):
@@ -379,7 +387,8 @@ class _Method:
     def describe(self) -> str:
         if self.sampler is None:
             return self.name
-        start = "cold start" if self.sigma_start is None else f"warm start sigma {self.sigma_start:g}"
+        start = ("cold start" if self.sigma_start is None
+                 else f"warm start from {self.warm_start} at sigma {self.sigma_start:g}")
         return f"{self.name} ({self.steps} steps, {start}, {self.num_samples} sample(s))"
 
 
@@ -448,19 +457,21 @@ def _reconstruct_batch(k: torch.Tensor, mask: torch.Tensor, calib: int, method: 
         x = x_scaled.detach() * s
         return _magnitude(x if second is None else torch.stack([x, second], dim=2))
 
+    x_init = x0 / s
+    if method.name == "tv" or method.warm_start == "tv":
+        x_init = tv_reconstruction(y_s, physics, lam=TV_LAMBDA, x_init=x_init)
     if method.name == "tv":
-        x = tv_reconstruction(y_s, physics, lam=TV_LAMBDA, x_init=x0 / s)
-        out["tv"] = (magnitude(x), None)
+        out["tv"] = (magnitude(x_init), None)
     elif method.num_samples > 1:
         post = method.sampler.posterior(
-            y_s, physics, num_samples=method.num_samples, generator=generator, x_init=x0 / s,
+            y_s, physics, num_samples=method.num_samples, generator=generator, x_init=x_init,
             sigma_start=method.sigma_start,
             physics_for_batch=lambda p, n: p if isinstance(p, SingleCoilMRI)
             else MultiCoilMRI(mask, p.coil_maps.repeat(n, 1, 1, 1, 1), cg_iters=p.cg_iters, cg_lambda=p.cg_lambda))
         mags = torch.stack([magnitude(x) for x in post.samples])   # (N, B, h, W)
         out[method.name] = (magnitude(post.mean), mags.std(0))
     else:
-        x = method.sampler(y_s, physics, generator=generator, x_init=x0 / s, sigma_start=method.sigma_start)
+        x = method.sampler(y_s, physics, generator=generator, x_init=x_init, sigma_start=method.sigma_start)
         out[method.name] = (magnitude(x), None)
     return out
 

@@ -228,6 +228,22 @@ def test_reddiff_options_reach_the_sampler(tmp_path, tiny_priors):
     assert np.abs(rec["lam0"] - rec["default"]).max() > 1e-3 * np.abs(rec["default"]).max()
 
 
+def test_warm_start_tv_starts_the_sampler_from_the_tv_reconstruction(tmp_path, tiny_priors):
+    # with a negligible step RED-Diff returns its start: the TV image with --warm-start tv (the
+    # same as --sampler tv), SENSE without it (which differs from TV here by several dB)
+    make_file(tmp_path / "w.h5", coils=2, slices=1, shape=(20, 20), recon=(20, 20), seed=4)
+    common = [str(tmp_path / "w.h5"), "--acceleration", "3", "--center-fraction", "0.2", "--format", "h5"]
+    sampler = ["--sampler", "reddiff", "--prior", str(tiny_priors[2]), "--steps", "8", "--lr", "1e-9"]
+    runs = {"tv": ["--sampler", "tv"], "warm_tv": [*sampler, "--warm-start", "tv"], "warm_sense": sampler}
+    rec = {}
+    for name, extra in runs.items():
+        assert main([*common, "--output", str(tmp_path / name), *extra]) == 0
+        rec[name] = read_h5(tmp_path / name / "w.h5")["reconstruction"]
+    scale = np.abs(rec["tv"]).max()
+    np.testing.assert_allclose(rec["warm_tv"], rec["tv"], atol=1e-4 * scale)
+    assert np.abs(rec["warm_sense"] - rec["tv"]).max() > 1e-2 * scale
+
+
 def test_diffusion_samplers_keep_the_second_map_image_of_a_wrapped_field_of_view(tmp_path, tiny_priors):
     # a 96-wide head seen through a 64-wide field of view: the ESPIRiT second map set carries the
     # folded-over part. The prior models one image per slice, so the command line reconstructs the
@@ -319,6 +335,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     (["--num-samples", "2", "--sampler", "sense"], "--num-samples > 1 needs a diffusion sampler"),
     (["--sampler", "dps", "--lr", "0.1"], "--lr applies to --sampler reddiff, not dps"),
     (["--sampler", "reddiff", "--zeta", "1"], "--zeta applies to --sampler dps, not reddiff"),
+    (["--sampler", "sense", "--warm-start", "tv"], "--warm-start applies to the diffusion samplers (dps, reddiff), not sense"),
     (["--sampler", "reddiff", "--lam", "-1"], "--lam must be >= 0, got -1.0"),
     (["--sampler", "dps", "--zeta", "nan"], "--zeta must be positive, got nan"),
 ])
