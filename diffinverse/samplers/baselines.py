@@ -143,11 +143,12 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     ||grad||^2`` and are then balanced per item by the residuals below (Goldstein et al.: ``tau``
     grows and ``sigma`` shrinks while the primal residual is the larger, and vice versa, with
     ``tau sigma`` fixed and changes that fade within about 100 iterations). The best fixed ratio
-    ``tau / sigma`` depends on the problem (on a test deblurring it moved from 1 to 100 as ``lam``
-    fell from 0.05 to 0.002); balanced steps came within a factor 2 of the best fixed ratio's
-    objective error there and needed 3-30x fewer iterations than ``tau = sigma`` on the
-    end-to-end tasks. Any linear physics works with no tuning of step sizes. Items of a batch are
-    independent problems solved together.
+    ``tau / sigma`` depends on the problem: on a test deblurring it moved from 1 to 100 as ``lam``
+    fell from 0.05 to 0.002, and after 400 iterations ``tau = sigma`` was 6e-4 above the minimal
+    objective at ``lam`` 0.002, the balanced steps 2e-6. Iterations to the default ``tol`` on the
+    end-to-end tasks, ``tau = sigma`` against balanced: deblurring 5060 / 1400, super-resolution
+    over 20000 / 5230, CT 570 / 430, but box inpainting 1290 / 2870. Any linear physics works with
+    no tuning of step sizes. Items of a batch are independent problems solved together.
 
     The iteration stops when every item's relative primal and dual residuals (Goldstein et al.)
     are below ``tol``, checked every 10 iterations. The primal residual is ``||K^T (p, q)||``: the
