@@ -82,15 +82,16 @@ def table(e2e, priors, size, n, seed, tasks=None):
         base_name = "FBP" if task.startswith("ct") else ("SENSE-CG" if "8coil" in task else "zero-filled/adjoint")
         rows.append((task, base_name, *e2e.scores(x, adj), t_adj, 0))
         x_init, t_init = adj, t_adj
-        if cfg["baseline"] == "tv":
+        if "tv_lam" in cfg:  # the baseline, or (MRI) a reference
             x_tv, t_tv = _timed(lambda: e2e.tv(y, physics, cfg["tv_lam"]))
             rows.append((task, f"TV (lam {cfg['tv_lam']:g})", *e2e.scores(x, x_tv), t_tv, 0))
-            x_init, t_init = x_tv, t_tv
+            if cfg["init"] == "tv":
+                x_init, t_init = x_tv, t_tv
         for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
             (out, nfe), t = _timed(lambda: run_sampler(cls, prior, cfg[name.lower().replace("-", "")], y, physics,
                                                          x_init, 1))
             rows.append((task, f"{name} (warm)", *e2e.scores(x, out), t + t_init, nfe))
-        for r in rows[-4:]:
+        for r in rows[-5:]:
             if r[0] == task:
                 print(f"{r[0]:26s} {r[1]:24s} PSNR {r[2]:6.2f} SSIM {r[3]:.4f} time {r[4]:7.2f}s NFE {r[5]}", flush=True)
     return rows

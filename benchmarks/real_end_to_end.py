@@ -81,14 +81,14 @@ def main() -> None:
         adjoint = physics.A_dagger(y)
         results = {"A_dagger": per_image_scores(e2e, x, adjoint)}
         x_tv = None
-        if cfg["baseline"] == "tv":
+        if "tv_lam" in cfg:  # the baseline, or (MRI) a reference outside "best"
             x_tv = e2e.tv(y, physics, cfg["tv_lam"])
             results["TV"] = per_image_scores(e2e, x, x_tv)
         x_init = x_tv if cfg["init"] == "tv" else adjoint
         for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
             out, _ = run_sampler(cls, priors[prior_name], cfg[name.lower().replace("-", "")], y, physics, x_init, 1)
             results[name] = per_image_scores(e2e, x, out)
-        best = np.maximum.reduce([results[b] for b in ("A_dagger", "TV") if b in results])
+        best = np.maximum.reduce([results["A_dagger"], *([results["TV"]] if cfg["baseline"] == "tv" else [])])
         cells = [f"{k} {v[:, 0].mean():.2f} / {v[:, 1].mean():.3f}" for k, v in results.items()]
         wins = [f"{k} wins {int(((results[k] > best).all(1)).sum())}/{len(x)}" for k in ("DPS", "RED-Diff")]
         print(f"{task:26s} " + " | ".join(cells + wins), flush=True)

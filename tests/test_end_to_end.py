@@ -106,44 +106,47 @@ CENTER_FRACTION = {4: 0.08, 8: 0.04}  # fully sampled centre lines per accelerat
 # Frozen hyper-parameters (see the module docstring for how they were chosen).
 # baseline: "adjoint" = zero-filled / SENSE-CG (physics.A_dagger), "tv" = TV with tv_lam
 # (CT: FBP is computed and checked too). Margins: (PSNR dB, SSIM) over the best baseline.
+# The MRI tasks' tv_lam (best PSNR over 1e-4 ... 0.1 on 8 tuning images) gives the benchmarks a
+# TV reference row; it is not asserted: the issue's MRI baselines are zero-filled and SENSE-CG,
+# and TV beats the samplers on most MRI tasks (benchmarks/README.md).
 CONFIG = {
     "mri_1coil_4x_random": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.01,
         dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
         reddiff=dict(num_steps=60, lam=0.25, lr=0.05, sigma_start=0.5),
         margin=(0.4, 0.03)),
     "mri_1coil_8x_equispaced": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.01,
         dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
         reddiff=dict(num_steps=40, lam=0.25, lr=0.02, sigma_start=0.3),
         margin=(0.3, 0.02)),
     "mri_8coil_4x_random": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.001,
         dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
         reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
         margin=(0.3, 0.03)),
     "mri_8coil_8x_equispaced": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.001,
         dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
         reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
         margin=(0.3, 0.02)),
     "mri_1coil_8x_random": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.0003,
         dps=dict(num_steps=20, zeta=0.5, squared_norm=True, sigma_start=0.5),
         reddiff=dict(num_steps=60, lam=0.25, lr=0.02, sigma_start=0.5),
         margin=(0.2, 0.03)),
     "mri_1coil_4x_equispaced": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.01,
         dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
         reddiff=dict(num_steps=60, lam=0.25, lr=0.05, sigma_start=0.5),
         margin=(0.3, 0.02)),
     "mri_8coil_8x_random": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.001,
         dps=dict(num_steps=20, zeta=0.5, squared_norm=True, sigma_start=0.5),
         reddiff=dict(num_steps=60, lam=0.01, lr=0.02, sigma_start=0.5),
         margin=(0.2, 0.03)),
     "mri_8coil_4x_equispaced": dict(
-        baseline="adjoint", init="adjoint",
+        baseline="adjoint", init="adjoint", tv_lam=0.001,
         dps=dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3),
         reddiff=dict(num_steps=100, lam=0.01, lr=0.02, sigma_start=0.15),
         margin=(0.3, 0.02)),
