@@ -57,8 +57,10 @@ def _priors(e2e):
 
 
 def run_sampler(cls, prior, kw, y, physics, x_init, seed):
+    """Run a sampler with a task's settings ``kw`` (a sampler's config) from ``x_init``."""
     kw = dict(kw)
     sigma_start = kw.pop("sigma_start")
+    kw.pop("init", None)  # a tuning grid's choice of start, already in x_init
     sampler = cls(prior, progress=False, **kw)
     out = sampler(y, physics, generator=torch.Generator().manual_seed(seed), x_init=x_init, sigma_start=sigma_start)
     return out, sampler.last_nfe
