@@ -12,7 +12,7 @@ sampler and for the zero-filled and SENSE baselines, as it does for any fastMRI 
 
 Usage:
     python benchmarks/real_brain_cli.py /work/shared/data/real/mri_kspace/espirit_brain_alias_8ch.mat \\
-        [--masks random equispaced] [--samplers dps reddiff tv] [--acceleration 4] [--seeds 0] \
+        [--masks random equispaced] [--samplers dps reddiff tv] [--acceleration 4] [--seeds 0] \\
         [--options --warm-start tv]
 """
 from __future__ import annotations
