@@ -9,15 +9,15 @@ from nbclient import NotebookClient
 
 CELLS = [
     ("md", "# diffinverse quickstart: 4x multi-coil MRI with a diffusion prior\n\n"
-           "A held-out synthetic brain slice, 8 simulated coils, a fastMRI-style 4x mask; SENSE as the "
-           "classical baseline; DPS warm-started from SENSE (Come-Closer-Diffuse-Faster) with the shipped "
+           "A held-out synthetic brain slice, 8 simulated coils, a fastMRI-style 4x mask; SENSE and TV as "
+           "classical baselines; DPS warm-started from SENSE (Come-Closer-Diffuse-Faster) with the shipped "
            "`mri-brain` prior; posterior mean and standard deviation from 4 samples."),
     ("code", "import torch, matplotlib.pyplot as plt\n"
              "from diffinverse.datasets.brain import BrainSlices\n"
              "from diffinverse.metrics import psnr, ssim\n"
              "from diffinverse.operators import MultiCoilMRI, random_lines, simulate_coil_maps, estimate_coil_maps, to_complex\n"
              "from diffinverse.priors import load\n"
-             "from diffinverse.samplers import DPS\n"
+             "from diffinverse.samplers import DPS, tv_reconstruction\n"
              "g = torch.Generator().manual_seed(0)"),
     ("md", "## Data and forward model\nCoil maps are estimated by ESPIRiT from the auto-calibration lines, "
            "as one would on a real scan (the simulation uses sigpy's birdcage maps)."),
@@ -29,20 +29,32 @@ CELLS = [
              "maps = estimate_coil_maps(to_complex(y)[0], num_maps=1)[0]      # (8, 256, 256) from the ACS lines\n"
              "physics = MultiCoilMRI(mask, maps)\n"
              "print('measured lines:', int(mask[0].sum()), 'of', mask.shape[1])"),
+    ("md", "## Reconstructions\nTV-regularised least squares runs until its primal-dual residual is below "
+           "1e-5; its weight 0.001 is the one the end-to-end benchmark's 8-coil MRI tasks chose on their "
+           "tuning images. With the shipped 1.5M-parameter prior, TV is a strong competitor in multi-coil MRI "
+           "(`benchmarks/README.md`)."),
     ("code", "x_sense = physics.A_dagger(y)\n"
+             "x_tv = tv_reconstruction(y, physics, lam=0.001)\n"
              "dps = DPS(prior := load('mri-brain'), num_steps=50, sigma_start=0.2, progress=False)\n"
              "post = dps.posterior(y, physics, num_samples=4, generator=g)\n"
              "mag = lambda z: z.square().sum(-3).sqrt()\n"
-             "for name, r in [('SENSE', x_sense), ('DPS posterior mean', post.mean)]:\n"
+             "for name, r in [('SENSE', x_sense), ('TV', x_tv), ('DPS sample', post.samples[0]), ('DPS posterior mean', post.mean)]:\n"
              "    print(f'{name:20s} PSNR {psnr(mag(x), mag(r)):.2f} dB  SSIM {ssim(mag(x), mag(r)):.3f}')\n"
              "print('network evaluations per sample:', dps.last_nfe)"),
-    ("code", "fig, ax = plt.subplots(1, 5, figsize=(18, 4))\n"
+    ("code", "fig, ax = plt.subplots(1, 6, figsize=(21, 4))\n"
              "panels = [(mag(x)[0], 'reference'), (mag(physics.A_adjoint(y))[0], 'zero-filled'),\n"
-             "          (mag(x_sense)[0], 'SENSE'), (mag(post.mean)[0], 'DPS posterior mean'),\n"
+             "          (mag(x_sense)[0], 'SENSE'), (mag(x_tv)[0], 'TV'), (mag(post.mean)[0], 'DPS posterior mean'),\n"
              "          (post.samples[:, 0].square().sum(1).sqrt().std(0), 'DPS posterior std (magnitude)')]\n"
              "for a, (im, title) in zip(ax, panels):\n"
              "    a.imshow(im, cmap='gray' if 'std' not in title else 'magma'); a.set_title(title); a.axis('off')\n"
              "plt.tight_layout()"),
+    ("md", "On this slice TV is clearly the best reconstruction in PSNR (DPS roughly matches its SSIM): DPS "
+           "at these settings (the class defaults, `zeta` 1, from SENSE at sigma 0.2) keeps part of SENSE's "
+           "aliasing, and the mean of its samples gains PSNR over one sample without catching up. That matches the benchmarks: with the shipped "
+           "1.5M-parameter prior TV beats the samplers in multi-coil MRI, while the posterior mean of DPS "
+           "beats TV in the single-coil tasks and in sparse-view CT (`benchmarks/README.md`). The posterior "
+           "std marks where the samples disagree; it is overconfident as an error bar (there: the 1.96-std "
+           "band covered 48-70 % of pixels in MRI, not 95 %)."),
 ]
 
 
