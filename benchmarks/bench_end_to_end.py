@@ -56,12 +56,18 @@ def _priors(e2e):
     return out
 
 
-def run_sampler(cls, prior, kw, y, physics, x_init, seed):
-    """Run a sampler with a task's settings ``kw`` (a sampler's config) from ``x_init``."""
+def build_sampler(cls, prior, kw):
+    """A sampler from a task's settings ``kw`` (one sampler's entry of the test's ``CONFIG``, or a
+    tuning grid's point), and the ``sigma_start`` to call it with."""
     kw = dict(kw)
     sigma_start = kw.pop("sigma_start")
-    kw.pop("init", None)  # a tuning grid's choice of start, already in x_init
-    sampler = cls(prior, progress=False, **kw)
+    kw.pop("init", None)  # a tuning grid's choice of start: the caller's x_init
+    return cls(prior, progress=False, **kw), sigma_start
+
+
+def run_sampler(cls, prior, kw, y, physics, x_init, seed):
+    """Run a sampler with a task's settings ``kw`` from ``x_init``; returns ``(x, NFE)``."""
+    sampler, sigma_start = build_sampler(cls, prior, kw)
     out = sampler(y, physics, generator=torch.Generator().manual_seed(seed), x_init=x_init, sigma_start=sigma_start)
     return out, sampler.last_nfe
 

@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 import scipy.stats
 import torch
-from bench_end_to_end import _priors, load_test_module, warm_start
+from bench_end_to_end import _priors, build_sampler, load_test_module, warm_start
 
 from diffinverse.samplers import DPS, REDDiff
 
@@ -42,9 +42,8 @@ def main() -> None:
         x_init, _ = warm_start(e2e, cfg, y, physics)
         truth = e2e.magnitude(x) if task.startswith("mri") else x
         for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
-            kw = dict(cfg[name.lower().replace("-", "")])
-            sigma_start = kw.pop("sigma_start")
-            post = cls(priors[prior_name], progress=False, **kw).posterior(
+            sampler, sigma_start = build_sampler(cls, priors[prior_name], cfg[name.lower().replace("-", "")])
+            post = sampler.posterior(
                 y, physics, num_samples=args.samples, generator=torch.Generator().manual_seed(1),
                 x_init=x_init, sigma_start=sigma_start)
             samples = torch.stack([e2e.magnitude(s) for s in post.samples]) if task.startswith("mri") \
