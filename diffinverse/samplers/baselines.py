@@ -214,8 +214,9 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     # cost no extra operator call
     ax, gx = physics.A(x) / c, _grad(x, s)
     ax_bar, gx_bar = ax, gx
-    # the scale of the primal residual, also where the two gradients vanish (lam = 0, exact data)
-    grad_scale = _norms(physics.A_adjoint(y_c)) / c
+    # the residuals' fixed scales: the primal one's also where the two gradients vanish (lam = 0,
+    # exact data)
+    grad_scale, y_scale = _norms(physics.A_adjoint(y_c)) / c, _norms(y_c)
     residual = float("inf")
     for i in range(num_iters):
         # dual ascent: prox of sigma F* (data: closed form; TV: projection on |q| <= lam per pixel)
@@ -234,7 +235,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         primal = _norms(data_grad + tv_grad) / (_norms(data_grad) + _norms(tv_grad) + grad_scale)
         dual = ((_sq_norms((p - p_new) / sigma_p + ax_bar - ax_new)
                  + _sq_norms(((q - q_new) / _per_item(sigma, q[0]) + gx_bar - gx_new).movedim(0, 1))).sqrt()
-                / ((_sq_norms(ax_new) + _sq_norms(gx_new.movedim(0, 1))).sqrt() + _norms(y_c)))
+                / ((_sq_norms(ax_new) + _sq_norms(gx_new.movedim(0, 1))).sqrt() + y_scale))
         # balance them: the larger one gets the larger step, tau sigma unchanged (Goldstein et al.)
         factor = torch.where(primal > _ADAPT_BAND * dual, 1 / (1 - adapt),
                              torch.where(dual > _ADAPT_BAND * primal, 1 - adapt, 1.0))
