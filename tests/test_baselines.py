@@ -205,7 +205,14 @@ def test_other_baselines_and_errors():
         tv_reconstruction(y, dinv.physics.Physics(A=lambda v: v**2))
     with pytest.raises(ValueError, match="num_iters"):
         tv_reconstruction(y, physics, num_iters=0)
-    with pytest.raises(ValueError, match="tol"):
-        tv_reconstruction(y, physics, tol=-1e-3)
+    for bad in ({"tol": -1e-3}, {"tol": float("nan")}, {"lam": float("nan")}, {"lam": float("inf")}):
+        with pytest.raises(ValueError, match="need finite lam >= 0 and tol >= 0"):
+            tv_reconstruction(y, physics, **bad)
+    y_bad = y.clone()
+    y_bad[0, 1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="y contains NaN or infinite values"):
+        tv_reconstruction(y_bad, physics)
+    with pytest.raises(ValueError, match="x_init contains NaN or infinite values"):
+        tv_reconstruction(y, physics, x_init=torch.full_like(x, float("inf")))
     with pytest.raises(ValueError, match="spatial_dims"):
         total_variation(x, spatial_dims=3)

@@ -78,6 +78,17 @@ def test_non_finite_inputs_are_refused_before_sampling(name, prior, problem, sig
     assert sampler.last_nfe == 0  # refused before the first network call
 
 
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_generator_that_is_not_one_is_refused(name, prior, problem):
+    physics, _, y = problem
+    sampler = SAMPLERS[name](prior, num_steps=5)
+    for bad in (0, "cuda"):
+        with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+            sampler(y, physics, generator=bad)
+        with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+            sampler.posterior(y, physics, num_samples=2, generator=bad)
+
+
 class _BreaksBelow(Prior):
     """The GMM prior's denoiser, returning NaN below a noise level (a network that blows up)."""
 

@@ -78,3 +78,15 @@ def test_bad_arguments():
         UNet(channels=3)
     with pytest.raises(ValueError, match="expects 2 channel"):
         _tiny(channels=2)(torch.randn(1, 1, 8, 8), 0.1)
+
+
+def test_input_of_another_dtype_or_device_is_refused_by_name():
+    prior = _tiny(channels=1)
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"weights are torch.float32, its input torch.float64"):
+        prior(x.double(), 0.1)  # NumPy data arrives as float64
+    torch.testing.assert_close(prior.double()(x.double(), 0.1), prior.float()(x, 0.1).double(), rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts input and weights alike
+        assert prior.to(torch.bfloat16)(x, 0.1).shape == x.shape
+    with pytest.raises(ValueError, match=r"weights are on meta, its input on cpu"):
+        prior.to("meta")(x, 0.1)

@@ -207,6 +207,22 @@ class UNet(Prior):
         self.net = UNetNet(self.channels, int(base_channels), list(channel_mult), int(num_res_blocks),
                            int(emb_channels))
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` has the channel count, device and dtype of the weights.
+
+        The dtype may differ under autocast (which casts both). A sampler hands the prior tensors
+        shaped, typed and placed like ``physics.A_adjoint(y)``, so a float64 ``y`` (as NumPy gives)
+        fails here with a float32 prior.
+        """
+        super().check_input(x)
+        weight = self.net.conv_in.weight
+        if x.device != weight.device:
+            raise ValueError(f"UNet's weights are on {weight.device}, its input on {x.device}: move the prior "
+                             f"(prior.to(device)) or the data")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"UNet's weights are {weight.dtype}, its input {x.dtype}: cast the data (measurements "
+                             f"and x_init) to {weight.dtype}, or the prior with prior.to({x.dtype})")
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Tweedie mean ``D(x, sigma)`` for ``x: (B, C, H, W)`` and ``sigma: (B,)``."""
         if x.ndim != 4:

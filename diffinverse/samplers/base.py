@@ -271,15 +271,17 @@ class DiffusionSampler:
             The reconstruction, shaped like ``x`` (e.g. ``physics.A_adjoint(y)``).
 
         Raises:
-            ValueError: if ``y`` or ``x_init`` contains NaN or infinite values.
+            TypeError: if ``generator`` is not a ``torch.Generator`` (or ``None``).
+            ValueError: if ``y`` or ``x_init`` contains NaN or infinite values, or (from the prior)
+                the state's dtype or device is not the network's.
             FloatingPointError: if the reconstruction is not finite (the iteration diverged).
         """
-        _check_finite(y, "y")
+        check_finite(y, "y")
         if x_init is not None:
-            _check_finite(x_init, "x_init")
+            check_finite(x_init, "x_init")
         sigma_start = self.sigma_start if sigma_start is None else sigma_start
         sigmas = self.schedule_for(sigma_start)
-        generator = generator if generator is not None else _fresh_generator(y.device)
+        generator = _generator(generator, y.device)
         warm = sigma_start is not None
         if warm and x_init is None:
             x_init = physics.A_dagger(y).detach()
@@ -341,7 +343,7 @@ class DiffusionSampler:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        generator = generator if generator is not None else _fresh_generator(y.device)
+        generator = _generator(generator, y.device)
         b = y.shape[0]
         per_chunk = num_samples if max_batch is None else max(1, min(num_samples, max_batch // b))
         sigma_start = self.sigma_start if sigma_start is None else sigma_start
@@ -374,17 +376,22 @@ def _check_grid(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas
 
 
-def _check_finite(t: torch.Tensor, name: str) -> None:
+def check_finite(t: torch.Tensor, name: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _fresh_generator(device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.seed()  # non-deterministic seed from the OS; the global RNG is untouched
-    return g
+def _generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """``generator`` itself, or a fresh one on ``device`` when it is ``None``."""
+    if generator is None:
+        generator = torch.Generator(device=device)
+        generator.seed()  # non-deterministic seed from the OS; the global RNG is untouched
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+                        f"got {type(generator).__name__}")
+    return generator
 
 
 def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:

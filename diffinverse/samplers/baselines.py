@@ -16,11 +16,14 @@ References:
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
 import torch
 from deepinv.physics import LinearPhysics
+
+from diffinverse.samplers.base import check_finite
 
 __all__ = ["zero_filled", "sense", "fbp", "tv_reconstruction", "tv_objective", "total_variation"]
 
@@ -180,6 +183,12 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     Returns:
         The reconstruction, shaped like ``A^H y``.
 
+    Raises:
+        TypeError: if ``physics`` is not linear, or ``y`` / ``x_init`` is not a tensor.
+        ValueError: if ``lam`` or ``tol`` is negative or not finite, ``num_iters < 1``, or ``y`` /
+            ``x_init`` contains NaN or infinite values.
+        FloatingPointError: if the reconstruction is not finite.
+
     Warns:
         RuntimeWarning: if ``tol`` is positive and not reached within ``num_iters`` iterations.
 
@@ -190,9 +199,12 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     """
     if not isinstance(physics, LinearPhysics):
         raise TypeError(f"tv_reconstruction needs a deepinv LinearPhysics, got {type(physics).__name__}")
-    if lam < 0 or num_iters < 1 or not tol >= 0:
-        raise ValueError(f"need lam >= 0, num_iters >= 1 and tol >= 0, got lam={lam}, num_iters={num_iters}, "
-                         f"tol={tol}")
+    if not (math.isfinite(lam) and lam >= 0 and num_iters >= 1 and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"need finite lam >= 0 and tol >= 0, and num_iters >= 1, got lam={lam}, "
+                         f"num_iters={num_iters}, tol={tol}")
+    check_finite(y, "y")
+    if x_init is not None:
+        check_finite(x_init, "x_init")
     if x_init is None:
         # A^H y scaled by the exact line search from 0 along it, ||A^H y||^2 / ||A A^H y||^2 per item:
         # about A^H y for MRI (A^H A a projection), while for CT (||A||^2 in the thousands) the
@@ -257,4 +269,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
             warnings.warn(f"tv_reconstruction stopped after num_iters={num_iters} iterations with a relative "
                           f"residual {residual:.2g} > tol={tol:g}: raise num_iters for a converged baseline",
                           RuntimeWarning, stacklevel=3)  # past the no_grad wrapper
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"tv_reconstruction diverged after {i + 1} iterations: its reconstruction contains "
+                                 f"NaN or infinite values")
     return x
