@@ -2,10 +2,7 @@
 
 Usage: ``python notebooks/build_quickstart.py`` (needs the ``notebooks`` extra: jupyter).
 """
-from pathlib import Path
-
-import nbformat
-from nbclient import NotebookClient
+from _build import build
 
 CELLS = [
     ("md", "# diffinverse quickstart: 4x multi-coil MRI with a diffusion prior\n\n"
@@ -59,15 +56,7 @@ CELLS = [
 
 
 def main() -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-                for kind, src in CELLS]
-    here = Path(__file__).resolve().parent
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(here)}}).execute()
-    for cell in nb.cells:  # drop library warnings printed to stderr (e.g. tqdm's notebook notice)
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]
-    nbformat.write(nb, here / "quickstart.ipynb")
+    build(CELLS, "quickstart.ipynb")
 
 
 if __name__ == "__main__":
