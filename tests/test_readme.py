@@ -14,5 +14,6 @@ def test_readme_python_example_runs_and_dps_beats_sense(capsys):
 
     mag = scope["mag"]
     x, x_sense, x_dps = scope["x"], scope["x_sense"], scope["x_dps"]
-    assert psnr(mag(x), mag(x_dps)) > psnr(mag(x), mag(x_sense)) + 0.5
+    # measured: DPS 27.26 dB against SENSE 22.77 (with the class default zeta 1, DPS gave 24.18)
+    assert psnr(mag(x), mag(x_dps)) > psnr(mag(x), mag(x_sense)) + 2.0
     assert "SENSE" in capsys.readouterr().out
