@@ -214,5 +214,8 @@ def test_other_baselines_and_errors():
         tv_reconstruction(y_bad, physics)
     with pytest.raises(ValueError, match="x_init contains NaN or infinite values"):
         tv_reconstruction(y, physics, x_init=torch.full_like(x, float("inf")))
+    broken = dinv.physics.LinearPhysics(A=lambda v: v * float("nan"), A_adjoint=lambda v: v * float("nan"))
+    with pytest.raises(FloatingPointError, match="tv_reconstruction diverged"):
+        tv_reconstruction(x, broken)  # finite input, an operator that returns NaN
     with pytest.raises(ValueError, match="spatial_dims"):
         total_variation(x, spatial_dims=3)

@@ -377,6 +377,7 @@ def _check_grid(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:
+    """Raise ``TypeError`` unless ``t`` is a tensor, ``ValueError`` if it holds NaN or infinite values."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not torch.isfinite(t).all():
