@@ -117,7 +117,7 @@ def _op_norm_sq(physics, x: torch.Tensor, iters: int) -> float:
 
 def _sq_norms(t: torch.Tensor) -> torch.Tensor:
     """Squared norm of each batch item: ``(B, ...)`` -> ``(B,)``."""
-    return t.square().flatten(1).sum(1)
+    return _norms(t).square()
 
 
 def _per_item(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -126,8 +126,8 @@ def _per_item(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
-    """Norm of each batch item: ``(B, ...)`` -> ``(B,)``."""
-    return _sq_norms(t).sqrt()
+    """Norm of each batch item: ``(B, ...)`` -> ``(B,)`` (one pass, no temporary, any layout)."""
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)))
 
 
 @torch.no_grad()
@@ -228,7 +228,10 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     q = x.new_zeros((s, *x.shape))     # dual of the TV term
     # K x and K x_bar are kept (K is linear: K x_bar = 2 K x_new - K x), so that the residuals
     # cost no extra operator call
-    ax, gx = physics.A(x) / c, _grad(x, s)
+    def scaled(t: torch.Tensor) -> torch.Tensor:  # t / c, without a pass over t when c = 1 (MRI)
+        return t / c if c != 1.0 else t
+
+    ax, gx = scaled(physics.A(x)), _grad(x, s)
     ax_bar, gx_bar = ax, gx
     # the residuals' fixed scales: the primal one's also where the two gradients vanish (lam = 0,
     # exact data)
@@ -237,26 +240,29 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     for i in range(num_iters):
         # dual ascent: prox of sigma F* (data: closed form; TV: projection on |q| <= lam per pixel)
         sigma_p = _per_item(sigma, p)
-        p_new = (p + sigma_p * (ax_bar - y_c)) / (1 + sigma_p)
+        # (p + sigma (ax_bar - y)) / (1 + sigma), in one new tensor: the data duals are the largest
+        # arrays of the loop (one per coil for multi-coil MRI) and each pass over them counts
+        p_new = torch.sub(ax_bar, y_c).mul_(sigma_p).add_(p).div_(1 + sigma_p)
         q_new = q + _per_item(sigma, q[0]) * gx_bar
         if lam > 0:
             q_new = q_new / (_magnitude(q_new) / lam_c).clamp_min(1.0).unsqueeze(0).unsqueeze(2)
         else:
             q_new = torch.zeros_like(q_new)
         # primal descent (G = 0) and extrapolation with theta = 1
-        data_grad, tv_grad = physics.A_adjoint(p_new) / c, _grad_adjoint(q_new, s)
+        data_grad, tv_grad = scaled(physics.A_adjoint(p_new)), _grad_adjoint(q_new, s)
         x_new = x - _per_item(tau, x) * (data_grad + tv_grad)
-        ax_new, gx_new = physics.A(x_new) / c, _grad(x_new, s)
+        ax_new, gx_new = scaled(physics.A(x_new)), _grad(x_new, s)
         # relative residuals (see the docstring), NaN where both sides are 0
         primal = _norms(data_grad + tv_grad) / (_norms(data_grad) + _norms(tv_grad) + grad_scale)
-        dual = ((_sq_norms((p - p_new) / sigma_p + ax_bar - ax_new)
+        # the data part, (p - p_new) / sigma + ax_bar - ax_new, is p_new + y - ax_new by p_new's update
+        dual = ((_sq_norms(torch.add(p_new, y_c).sub_(ax_new))
                  + _sq_norms(((q - q_new) / _per_item(sigma, q[0]) + gx_bar - gx_new).movedim(0, 1))).sqrt()
                 / ((_sq_norms(ax_new) + _sq_norms(gx_new.movedim(0, 1))).sqrt() + y_scale))
         # balance them: the larger one gets the larger step, tau sigma unchanged (Goldstein et al.)
         factor = torch.where(primal > _ADAPT_BAND * dual, 1 / (1 - adapt),
                              torch.where(dual > _ADAPT_BAND * primal, 1 - adapt, 1.0))
         tau, sigma, adapt = tau * factor, sigma / factor, adapt * _ADAPT_DECAY
-        ax_bar, gx_bar = 2 * ax_new - ax, 2 * gx_new - gx
+        ax_bar, gx_bar = torch.mul(ax_new, 2).sub_(ax), torch.mul(gx_new, 2).sub_(gx)
         x, p, q, ax, gx = x_new, p_new, q_new, ax_new, gx_new
         if callback is not None:
             callback(i, x)
