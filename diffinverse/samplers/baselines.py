@@ -79,7 +79,8 @@ def _grad_adjoint(p: torch.Tensor, s: int) -> torch.Tensor:
 
 def _magnitude(g: torch.Tensor) -> torch.Tensor:
     """Per-pixel norm of the gradient over directions and channels: ``(B, *spatial)``."""
-    return g.pow(2).sum(dim=(0, 2)).sqrt()
+    # two single-dim sums: one reduction over the non-adjacent dims (0, 2) ran 10x slower
+    return g.square().sum(0).sum(1).sqrt()
 
 
 def total_variation(x: torch.Tensor, *, spatial_dims: int | None = None) -> torch.Tensor:
@@ -224,7 +225,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     tau = torch.full((x.shape[0],), step, dtype=x.real.dtype, device=x.device)
     sigma = tau.clone()
     adapt = _ADAPT_START
-    p = torch.zeros_like(y)            # dual of the (scaled) data term
+    p = torch.zeros_like(y)            # dual of the (scaled) data term, updated in place
     q = x.new_zeros((s, *x.shape))     # dual of the TV term
     # K x and K x_bar are kept (K is linear: K x_bar = 2 K x_new - K x), so that the residuals
     # cost no extra operator call
@@ -232,7 +233,9 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         return t / c if c != 1.0 else t
 
     ax, gx = scaled(physics.A(x)), _grad(x, s)
-    ax_bar, gx_bar = ax, gx
+    # K x_bar and one scratch array in y's shape, reused: the data-sized arrays (one per coil for
+    # multi-coil MRI) are the loop's largest, and allocating fresh ones cost more than their arithmetic
+    ax_bar, gx_bar, scratch = ax.clone(), gx, torch.empty_like(y)
     # the residuals' fixed scales: the primal one's also where the two gradients vanish (lam = 0,
     # exact data)
     grad_scale, y_scale = _norms(physics.A_adjoint(y_c)) / c, _norms(y_c)
@@ -240,30 +243,29 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     for i in range(num_iters):
         # dual ascent: prox of sigma F* (data: closed form; TV: projection on |q| <= lam per pixel)
         sigma_p = _per_item(sigma, p)
-        # (p + sigma (ax_bar - y)) / (1 + sigma), in one new tensor: the data duals are the largest
-        # arrays of the loop (one per coil for multi-coil MRI) and each pass over them counts
-        p_new = torch.sub(ax_bar, y_c).mul_(sigma_p).add_(p).div_(1 + sigma_p)
+        # p <- (p + sigma (ax_bar - y)) / (1 + sigma); the old p is not needed again
+        p.add_(torch.sub(ax_bar, y_c, out=scratch).mul_(sigma_p)).div_(1 + sigma_p)
         q_new = q + _per_item(sigma, q[0]) * gx_bar
         if lam > 0:
             q_new = q_new / (_magnitude(q_new) / lam_c).clamp_min(1.0).unsqueeze(0).unsqueeze(2)
         else:
             q_new = torch.zeros_like(q_new)
         # primal descent (G = 0) and extrapolation with theta = 1
-        data_grad, tv_grad = scaled(physics.A_adjoint(p_new)), _grad_adjoint(q_new, s)
+        data_grad, tv_grad = scaled(physics.A_adjoint(p)), _grad_adjoint(q_new, s)
         x_new = x - _per_item(tau, x) * (data_grad + tv_grad)
         ax_new, gx_new = scaled(physics.A(x_new)), _grad(x_new, s)
         # relative residuals (see the docstring), NaN where both sides are 0
         primal = _norms(data_grad + tv_grad) / (_norms(data_grad) + _norms(tv_grad) + grad_scale)
-        # the data part, (p - p_new) / sigma + ax_bar - ax_new, is p_new + y - ax_new by p_new's update
-        dual = ((_sq_norms(torch.add(p_new, y_c).sub_(ax_new))
+        # the data part, (p_old - p) / sigma + ax_bar - ax_new, is p + y - ax_new by p's update
+        dual = ((_sq_norms(torch.add(p, y_c, out=scratch).sub_(ax_new))
                  + _sq_norms(((q - q_new) / _per_item(sigma, q[0]) + gx_bar - gx_new).movedim(0, 1))).sqrt()
                 / ((_sq_norms(ax_new) + _sq_norms(gx_new.movedim(0, 1))).sqrt() + y_scale))
         # balance them: the larger one gets the larger step, tau sigma unchanged (Goldstein et al.)
         factor = torch.where(primal > _ADAPT_BAND * dual, 1 / (1 - adapt),
                              torch.where(dual > _ADAPT_BAND * primal, 1 - adapt, 1.0))
         tau, sigma, adapt = tau * factor, sigma / factor, adapt * _ADAPT_DECAY
-        ax_bar, gx_bar = torch.mul(ax_new, 2).sub_(ax), torch.mul(gx_new, 2).sub_(gx)
-        x, p, q, ax, gx = x_new, p_new, q_new, ax_new, gx_new
+        ax_bar, gx_bar = torch.mul(ax_new, 2, out=ax_bar).sub_(ax), torch.mul(gx_new, 2).sub_(gx)
+        x, q, ax, gx = x_new, q_new, ax_new, gx_new
         if callback is not None:
             callback(i, x)
         if tol > 0 and ((i + 1) % 10 == 0 or i + 1 == num_iters):  # a host synchronisation: not every time
