@@ -14,6 +14,7 @@ time per slice of each method; DPS also as the mean of ``--samples`` posterior s
 
 Usage:
     python benchmarks/bench_full_resolution_mri.py [--slices 8] [--acceleration 4] [--mask random]
+        [--methods sense tv dps dps-mean reddiff]
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="DPS posterior samples for the mean")
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", choices=["sense", "tv", "dps", "dps-mean", "reddiff"],
+                    default=["sense", "tv", "dps", "dps-mean", "reddiff"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
@@ -66,20 +69,20 @@ def main() -> None:
     print(f"# {args.slices} held-out 256x256 slices (seed {args.seed}), 8 coils, {args.acceleration}x "
           f"{args.mask} lines ({int(mask[0].sum())} of {shape[1]}), noise 0.005", flush=True)
     per_slice = 1.0 / len(x)
+    dps = DPS(prior, num_steps=50, zeta=4.0, sigma_start=0.2, progress=False)
+    red = REDDiff(prior, num_steps=50, lr=0.05, lam=0.01, sigma_start=0.2, progress=False)
+    seed = lambda: torch.Generator().manual_seed(1)
+    stacked = lambda p, n: MultiCoilMRI(mask, p.coil_maps.repeat(n, 1, 1, 1, 1))
     methods = {
-        "SENSE": lambda: physics.A_dagger(y),
-        "TV (lam 0.001)": lambda: tv_reconstruction(y, physics, lam=0.001),
-        "DPS (zeta 4), one sample": lambda: DPS(prior, num_steps=50, zeta=4.0, sigma_start=0.2, progress=False)(
-            y, physics, generator=torch.Generator().manual_seed(1)),
-        f"DPS (zeta 4), mean of {args.samples}": lambda: DPS(
-            prior, num_steps=50, zeta=4.0, sigma_start=0.2, progress=False).posterior(
-            y, physics, num_samples=args.samples, generator=torch.Generator().manual_seed(1),
-            physics_for_batch=lambda p, n: MultiCoilMRI(mask, p.coil_maps.repeat(n, 1, 1, 1, 1))).mean,
-        "RED-Diff (lr 0.05, lam 0.01)": lambda: REDDiff(prior, num_steps=50, lr=0.05, lam=0.01, sigma_start=0.2,
-                                                        progress=False)(
-            y, physics, generator=torch.Generator().manual_seed(1)),
+        "sense": ("SENSE", lambda: physics.A_dagger(y)),
+        "tv": ("TV (lam 0.001)", lambda: tv_reconstruction(y, physics, lam=0.001)),
+        "dps": ("DPS (zeta 4), one sample", lambda: dps(y, physics, generator=seed())),
+        "dps-mean": (f"DPS (zeta 4), mean of {args.samples}", lambda: dps.posterior(
+            y, physics, num_samples=args.samples, generator=seed(), physics_for_batch=stacked).mean),
+        "reddiff": ("RED-Diff (lr 0.05, lam 0.01)", lambda: red(y, physics, generator=seed())),
     }
-    for name, run in methods.items():
+    for key in args.methods:
+        name, run = methods[key]
         start = time.perf_counter()
         out = run()
         seconds = (time.perf_counter() - start) * per_slice
