@@ -219,3 +219,16 @@ def test_other_baselines_and_errors():
         tv_reconstruction(x, broken)  # finite input, an operator that returns NaN
     with pytest.raises(ValueError, match="spatial_dims"):
         total_variation(x, spatial_dims=3)
+
+
+def test_tv_leaves_its_inputs_untouched():
+    """The loop updates its own arrays in place; y and x_init must come back as they went in, also
+    for an operator whose A returns its input itself (deepinv's Denoising)."""
+    g = torch.Generator().manual_seed(7)
+    mask = (torch.rand(16, 16, generator=g) > 0.5).float()
+    for physics, x in ((dinv.physics.MRI(mask=mask, img_size=(16, 16)), torch.randn(2, 2, 16, 16, generator=g)),
+                       (dinv.physics.Denoising(), torch.rand(2, 1, 16, 16, generator=g))):
+        y = physics.A(x)
+        y_before, x_before = y.clone(), x.clone()
+        tv_reconstruction(y, physics, lam=0.01, x_init=x, num_iters=30, tol=0)
+        assert torch.equal(y, y_before) and torch.equal(x, x_before)

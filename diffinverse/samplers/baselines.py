@@ -227,11 +227,12 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     adapt = _ADAPT_START
     p = torch.zeros_like(y)            # dual of the (scaled) data term, updated in place
     q = x.new_zeros((s, *x.shape))     # dual of the TV term
-    # K x and K x_bar are kept (K is linear: K x_bar = 2 K x_new - K x), so that the residuals
-    # cost no extra operator call
+
     def scaled(t: torch.Tensor) -> torch.Tensor:  # t / c, without a pass over t when c = 1 (MRI)
         return t / c if c != 1.0 else t
 
+    # K x and K x_bar are kept (K is linear: K x_bar = 2 K x_new - K x), so that the residuals
+    # cost no extra operator call
     ax, gx = scaled(physics.A(x)), _grad(x, s)
     # K x_bar and one scratch array in y's shape, reused: the data-sized arrays (one per coil for
     # multi-coil MRI) are the loop's largest, and allocating fresh ones cost more than their arithmetic
