@@ -22,32 +22,19 @@ import argparse
 import time
 
 import torch
+from bench_end_to_end import load_test_module
 
 from diffinverse.datasets.brain import BrainSlices
-from diffinverse.metrics import psnr, ssim
 from diffinverse.operators import (MultiCoilMRI, equispaced_lines, estimate_coil_maps, random_lines,
                                    simulate_coil_maps, to_complex)
 from diffinverse.priors import load
 from diffinverse.samplers import DPS, REDDiff, tv_reconstruction
 
-CENTER_FRACTION = {4: 0.08, 8: 0.04}
-
-
-def magnitude(x: torch.Tensor) -> torch.Tensor:
-    return x.square().sum(1).sqrt()
-
-
-def scores(x: torch.Tensor, r: torch.Tensor) -> tuple[float, float]:
-    """Mean PSNR and SSIM over the slices of a batch."""
-    g, p = magnitude(x), magnitude(r)
-    return (sum(psnr(g[i], p[i]) for i in range(len(g))) / len(g),
-            sum(ssim(g[i], p[i]) for i in range(len(g))) / len(g))
-
-
 def main() -> None:
+    e2e = load_test_module()  # its centre fractions and per-slice scores
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=8)
-    ap.add_argument("--acceleration", type=int, default=4, choices=sorted(CENTER_FRACTION))
+    ap.add_argument("--acceleration", type=int, default=4, choices=sorted(e2e.CENTER_FRACTION))
     ap.add_argument("--mask", choices=["random", "equispaced"], default="random")
     ap.add_argument("--samples", type=int, default=4, help="DPS posterior samples for the mean")
     ap.add_argument("--seed", type=int, default=2000)
@@ -60,7 +47,7 @@ def main() -> None:
     x = BrainSlices("test", generator=g).sample(args.slices)                      # (S, 2, 256, 256)
     shape = tuple(x.shape[-2:])
     lines = random_lines if args.mask == "random" else equispaced_lines
-    mask = lines(shape, args.acceleration, CENTER_FRACTION[args.acceleration], generator=g)
+    mask = lines(shape, args.acceleration, e2e.CENTER_FRACTION[args.acceleration], generator=g)
     y = MultiCoilMRI(mask, simulate_coil_maps(8, shape))(x)
     y = y + 0.005 * torch.randn(y.shape, generator=g) * mask
     maps = torch.stack([estimate_coil_maps(to_complex(y)[i], num_maps=1) for i in range(len(x))])
@@ -86,7 +73,7 @@ def main() -> None:
         start = time.perf_counter()
         out = run()
         seconds = (time.perf_counter() - start) * per_slice
-        p, s = scores(x, out)
+        p, s = e2e.scores(x, out)
         print(f"{name:30s} PSNR {p:6.2f}  SSIM {s:.3f}  {seconds:6.1f} s per slice", flush=True)
 
 
