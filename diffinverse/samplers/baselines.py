@@ -99,7 +99,7 @@ def total_variation(x: torch.Tensor, *, spatial_dims: int | None = None) -> torc
 def tv_objective(x: torch.Tensor, y: torch.Tensor, physics, lam: float, *,
                  spatial_dims: int | None = None) -> torch.Tensor:
     """``||A x - y||^2 / 2 + lam TV(x)`` per item, ``(B,)``."""
-    data = 0.5 * (physics.A(x) - y).flatten(1).pow(2).sum(1)
+    data = 0.5 * _sq_norms(physics.A(x) - y)
     return data + lam * total_variation(x, spatial_dims=spatial_dims)
 
 
@@ -204,8 +204,6 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         raise ValueError(f"need finite lam >= 0 and tol >= 0, and num_iters >= 1, got lam={lam}, "
                          f"num_iters={num_iters}, tol={tol}")
     check_finite(y, "y")
-    if x_init is not None:
-        check_finite(x_init, "x_init")
     if x_init is None:
         # A^H y scaled by the exact line search from 0 along it, ||A^H y||^2 / ||A A^H y||^2 per item:
         # about A^H y for MRI (A^H A a projection), while for CT (||A||^2 in the thousands) the
@@ -215,6 +213,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         alpha = _sq_norms(x) / _sq_norms(physics.A(x)).clamp_min(1e-30)
         x = alpha.reshape(-1, *([1] * (x.ndim - 1))) * x
     else:
+        check_finite(x_init, "x_init")
         x = x_init.clone()
     s = _spatial(x, spatial_dims)
     grad_norm_sq, a_norm_sq = 4.0 * s, _op_norm_sq(physics, x, power_iters)
