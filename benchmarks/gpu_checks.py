@@ -4,13 +4,15 @@
    the CPU's (relative difference).
 2. DPS and RED-Diff with the shipped ``mri-brain`` prior on CUDA: same seed -> same result,
    and sampler overhead = wall time / (NFE x one network call) at 64^2 and 256^2, batch 4, timed
-   in interleaved rounds; RED-Diff also with ``cuda_graph=True`` (against the replayed network
-   call, and its speed-up over the eager run).
+   in interleaved rounds; both also with ``cuda_graph=True`` (against the network call replayed
+   as a CUDA graph, forward for RED-Diff, forward and input gradient for DPS; with the graphed
+   run's difference from the eager one and its speed-up).
 3. A ``torch.profiler`` view of RED-Diff's loop at 64^2: kernels per step against the network's.
 
 Usage::
 
-    python benchmarks/gpu_checks.py --out gpu_checks.json [--rounds 30] [--cpu-generator]
+    python benchmarks/gpu_checks.py --out gpu_checks.json [--rounds 30] [--steps 20] [--graph-only]
+        [--cpu-generator] [--skip operators profile]
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI
 from diffinverse.operators.superres import SuperResolution
 from diffinverse.operators.volume import SliceStack
 from diffinverse.priors.checkpoints import load
-from diffinverse.samplers.cuda_graph import GraphedNetwork
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 from diffinverse.testing import adjoint_mismatch
@@ -84,66 +85,112 @@ def _mri_problem(size: int, dev: torch.device) -> tuple[torch.Tensor, SingleCoil
     return x, physics, physics.A(x)
 
 
-def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] = (64, 256), rounds: int = 30,
-             cpu_generator: bool = False) -> dict:
+def _graphed(fn):
+    """``fn`` (no arguments, fixed input tensors) captured as a CUDA graph; returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def samplers(prior, dev: torch.device, steps: dict[str, int], sizes: tuple[int, ...] = (64, 256),
+             rounds: int = 30, eager: bool = True, cpu_generator: bool = False) -> dict:
     """Overhead = wall time / (NFE x one network call), with the samplers' channels-last input and
     noise from a CUDA generator (optionally also from a CPU generator, whose draws are copied to
-    the GPU every step); RED-Diff also with ``cuda_graph=True``, against the replayed network call.
+    the GPU every step); both samplers with ``cuda_graph=True`` (and eagerly unless ``eager`` is
+    off), against the network call replayed as a graph (``prior.denoise`` on a fixed input: no
+    copies, no checks). ``steps`` gives each sampler's number of steps (``"DPS"``, ``"REDDiff"``).
+
+    For a graphed sampler, its captured step is also replayed on its own (``steps`` replays in a
+    row, no host work between them): ``step_graph_overhead`` = that time / the network's replays,
+    the part of the overhead inside the step; the rest of ``overhead`` is per call (setup on the
+    host before the first replay, copies in and out).
 
     GPU clocks and launch latencies drift, so the network calls and the samplers are timed in
-    interleaved rounds (after two warm-up runs of each): in a round, ``steps`` network calls in a
-    row for each kind of call, then one run of each sampler. Each round gives a ratio; reported are
-    the median ratio over the rounds, its range, and the ratio of the fastest times.
+    interleaved rounds (after two warm-up runs of each): in a round, as many network calls in a
+    row as the sampler has steps for each kind of call, then one run of each sampler. Each round
+    gives a ratio; reported are the median ratio over the rounds, its range, and the ratio of the
+    fastest times.
     """
     out = {}
-    graphed_net = GraphedNetwork(prior)
     for size in sizes:
         x, physics, y = _mri_problem(size, dev)
+        sigma = torch.full((x.shape[0],), 0.5, device=dev)
 
         def fwd():
             with torch.inference_mode():
                 prior(x, 0.5)
 
-        def fwd_graph():
-            with torch.inference_mode():
-                graphed_net(x, 0.5)
-
         def fwd_bwd():
             # what DPS needs: the vector-Jacobian product with respect to the input only
-            xr = x.clone().requires_grad_(True)
+            xr = x.detach().requires_grad_(True)
             out = prior(xr, 0.5)
             torch.autograd.grad(out, xr, grad_outputs=torch.ones_like(out))
 
-        units = {"fwd": lambda: [fwd() for _ in range(steps)], "fb": lambda: [fwd_bwd() for _ in range(steps)],
-                 "fwd_graph": lambda: [fwd_graph() for _ in range(steps)]}
+        def fwd_bwd_denoise():
+            xr = x.detach().requires_grad_(True)
+            out = prior.denoise(xr, sigma)
+            torch.autograd.grad(out, xr, grad_outputs=torch.ones_like(out))
+
+        def fwd_denoise():
+            with torch.inference_mode():
+                prior.denoise(x, sigma)
+
+        calls = {"fwd": fwd, "fb": fwd_bwd, "fwd_graph": _graphed(fwd_denoise), "fb_graph": _graphed(fwd_bwd_denoise)}
+        n_of = {"fwd": steps["REDDiff"], "fwd_graph": steps["REDDiff"], "fb": steps["DPS"], "fb_graph": steps["DPS"]}
+        if not eager:
+            del calls["fwd"], calls["fb"]
+        units = {k: (lambda f=f, n=n_of[k]: [f() for _ in range(n)]) for k, f in calls.items()}
         runs = {}
-        for name, sampler, unit in (("DPS", DPS(prior, num_steps=steps, zeta=1.0, progress=False), "fb"),
-                                    ("REDDiff", REDDiff(prior, num_steps=steps, progress=False), "fwd"),
-                                    ("REDDiff_cuda_graph", REDDiff(prior, num_steps=steps, progress=False,
-                                                                   cuda_graph=True), "fwd_graph")):
-            runs[name] = (sampler, dev, unit)
-            if cpu_generator and name != "REDDiff_cuda_graph":
-                runs[f"{name}_cpu_generator"] = (sampler, torch.device("cpu"), unit)
+        for name, cls, kw, unit in (("DPS", DPS, {"zeta": 1.0}, "fb"), ("REDDiff", REDDiff, {}, "fwd")):
+            make = lambda **more: cls(prior, num_steps=steps[name], progress=False, **kw, **more)  # noqa: E731
+            if eager:
+                runs[name] = (make(), dev, unit)
+            runs[f"{name}_cuda_graph"] = (make(cuda_graph=True), dev, f"{unit}_graph")
+            if eager and cpu_generator:
+                runs[f"{name}_cpu_generator"] = (runs[name][0], torch.device("cpu"), unit)
         same_seed = {}
         for key, (sampler, gen_device, _) in runs.items():
             a, b = (sampler(y, physics, generator=torch.Generator(device=gen_device).manual_seed(0)) for _ in "ab")
             same_seed[key] = (a - b).abs().max().item()
-        eager, graphed = (runs[k][0](y, physics, generator=torch.Generator(device=dev).manual_seed(0))
-                          for k in ("REDDiff", "REDDiff_cuda_graph"))
-        for fn in units.values():
+        row = {"steps": steps, "rounds": rounds}
+        if eager:
+            row["cuda_graph_vs_eager"] = {}
+            for name in ("DPS", "REDDiff"):
+                e, gr = (runs[k][0](y, physics, generator=torch.Generator(device=dev).manual_seed(0))
+                         for k in (name, f"{name}_cuda_graph"))
+                row["cuda_graph_vs_eager"][name] = {"max_abs_diff": (gr - e).abs().max().item(),
+                                                    "eager_abs_max": e.abs().max().item()}
+        step_graphs = {}
+        for name in ("DPS", "REDDiff"):
+            (cap,) = runs[f"{name}_cuda_graph"][0]._graphs._captures.values()
+
+            def replay_steps(cap=cap, n=steps[name]):
+                cap.index.zero_()   # the step counter: n replays read the n rows of the table
+                for _ in range(n):
+                    cap.graph.replay()
+            step_graphs[name] = replay_steps
+        for fn in (*units.values(), *step_graphs.values()):
             fn()
-        times = {k: [] for k in (*units, *runs)}
+        times = {k: [] for k in (*units, *runs, *(f"{n}_step_graph" for n in step_graphs))}
         for _ in range(rounds):
             for k, fn in units.items():
-                times[k].append(_time(fn) / steps)
+                times[k].append(_time(fn) / n_of[k])
+            for name, fn in step_graphs.items():
+                times[f"{name}_step_graph"].append(_time(fn) / steps[name])
             for key, (sampler, gen_device, _) in runs.items():
                 g = torch.Generator(device=gen_device).manual_seed(0)
                 times[key].append(_time(lambda: sampler(y, physics, generator=g)))
-        row = {"net_forward_s": min(times["fwd"]), "net_forward_backward_s": min(times["fb"]),
-               "net_forward_cuda_graph_s": min(times["fwd_graph"]), "rounds": rounds,
-               "reddiff_cuda_graph_vs_eager_max_abs_diff": (graphed - eager).abs().max().item(),
-               "reddiff_cuda_graph_speedup_median": statistics.median(
-                   e / gr for e, gr in zip(times["REDDiff"], times["REDDiff_cuda_graph"]))}
+        row.update({f"net_{k}_s": min(times[k]) for k in units})
+        if eager:
+            row["cuda_graph_speedup_median"] = {name: statistics.median(
+                e / gr for e, gr in zip(times[name], times[f"{name}_cuda_graph"])) for name in ("DPS", "REDDiff")}
         for key, (sampler, _, unit) in runs.items():
             ratios = sorted(w / (sampler.last_nfe * u) for w, u in zip(times[key], times[unit]))
             row[key] = {"wall_s": min(times[key]), "nfe": sampler.last_nfe,
@@ -151,6 +198,11 @@ def samplers(prior, dev: torch.device, steps: int = 20, sizes: tuple[int, ...] =
                         "overhead_quartiles": [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]],
                         "overhead_of_fastest": min(times[key]) / (sampler.last_nfe * min(times[unit])),
                         "same_seed_max_abs_diff": same_seed[key]}
+            name = key.removesuffix("_cuda_graph")
+            if key.endswith("_cuda_graph"):
+                row[key]["step_graph_s"] = min(times[f"{name}_step_graph"])
+                row[key]["step_graph_overhead"] = statistics.median(
+                    s / u for s, u in zip(times[f"{name}_step_graph"], times[unit]))
         out[f"{size}x{size}_batch4"] = row
     return out
 
@@ -184,13 +236,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20,
+                    help="steps of both samplers; 0: their defaults (DPS 200, RED-Diff 100)")
+    ap.add_argument("--graph-only", action="store_true", help="time only the cuda_graph samplers")
     ap.add_argument("--cpu-generator", action="store_true", help="also time the samplers with a CPU generator")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["operators", "profile"])
     args = ap.parse_args()
     dev = torch.device("cuda")
     prior = load("mri-brain", device=dev)
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "operators": operators(dev),
-           "samplers": samplers(prior, dev, rounds=args.rounds, cpu_generator=args.cpu_generator),
-           "reddiff_profile_64": profile_reddiff_step(prior, dev)}
+    steps = {"DPS": args.steps or 200, "REDDiff": args.steps or 100}
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if "operators" not in args.skip:
+        res["operators"] = operators(dev)
+    res["samplers"] = samplers(prior, dev, steps, rounds=args.rounds, eager=not args.graph_only,
+                               cpu_generator=args.cpu_generator)
+    if "profile" not in args.skip:
+        res["reddiff_profile_64"] = profile_reddiff_step(prior, dev)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

@@ -1,21 +1,24 @@
-"""``cuda_graph=True``: the network's forward pass replayed as a CUDA graph.
+"""``cuda_graph=True``: a sampler's whole step captured as a CUDA graph and replayed.
 
-The errors are checked everywhere; the replay itself needs a GPU (CI has none; on a CUDA machine:
-``python -m pytest tests/test_cuda_graph.py``).
+The errors that need no GPU are checked everywhere; the replays need one (CI has none; on a CUDA
+machine: ``python -m pytest tests/test_cuda_graph.py``).
 """
 from __future__ import annotations
 
 import pytest
 import torch
+from deepinv.physics import LinearPhysics
 
 from diffinverse.operators.masks import random_lines
 from diffinverse.operators.mri import SingleCoilMRI
 from diffinverse.priors.unet import UNet
-from diffinverse.samplers.cuda_graph import GraphedNetwork
+from diffinverse.samplers.cuda_graph import StepGraphs
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+SAMPLERS = {"DPS": lambda net, **kw: DPS(net, zeta=1.0, progress=False, **kw),
+            "REDDiff": lambda net, **kw: REDDiff(net, progress=False, **kw)}
 
 
 def _unet(device="cpu") -> UNet:
@@ -33,105 +36,138 @@ def _mri(size: int, batch: int, device) -> tuple[SingleCoilMRI, torch.Tensor]:
     return physics, physics.A(x)
 
 
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator("cuda").manual_seed(seed)
+
+
 def test_refused_where_it_cannot_work():
     net = _unet()
-    with pytest.raises(ValueError, match="DPS differentiates through the network"):
-        DPS(net, num_steps=4, cuda_graph=True)
     with pytest.raises(ValueError, match="compile or cuda_graph, not both"):
         REDDiff(net, num_steps=4, compile=True, cuda_graph=True)
-    with pytest.raises(ValueError, match="warmup must be >= 1"):
-        GraphedNetwork(net, warmup=0)
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        StepGraphs(warmup=0)
     physics, y = _mri(16, 1, "cpu")
-    with pytest.raises(ValueError, match="CUDA device, got cpu"):
-        REDDiff(net, num_steps=4, cuda_graph=True, progress=False)(y, physics)
-    # a wrong channel count is reported as such (the graph runs denoise(), not the checked call)
-    with pytest.raises(ValueError, match="expects 2 channel"):
-        GraphedNetwork(net)(torch.zeros(1, 3, 16, 16), 0.5)
+    for name in SAMPLERS:
+        with pytest.raises(ValueError, match="CUDA device, got cpu"):
+            SAMPLERS[name](net, num_steps=4, cuda_graph=True)(y, physics)
 
 
 @cuda
-def test_reddiff_replayed_equals_eager_and_captures_once_per_shape():
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_replayed_equals_eager_and_captures_once_per_shape(name):
     dev = torch.device("cuda")
     net = _unet(dev)
     physics, y = _mri(32, 2, dev)
-    eager = REDDiff(net, num_steps=8, progress=False)
-    graphed = REDDiff(net, num_steps=8, progress=False, cuda_graph=True)
-    a = eager(y, physics, generator=torch.Generator(dev).manual_seed(0))
-    b = graphed(y, physics, generator=torch.Generator(dev).manual_seed(0))
-    c = graphed(y, physics, generator=torch.Generator(dev).manual_seed(0))
+    seen = {"eager": [], "graph": []}
+    eager = SAMPLERS[name](net, num_steps=8, callback=lambda i, s, x, x0: seen["eager"].append((i, s, x.clone())))
+    graphed = SAMPLERS[name](net, num_steps=8, cuda_graph=True,
+                             callback=lambda i, s, x, x0: seen["graph"].append((i, s, x.clone())))
+    g_eager, g_graph = _gen(0), _gen(0)
+    a = eager(y, physics, generator=g_eager)
+    b = graphed(y, physics, generator=g_graph)
+    c = graphed(y, physics, generator=_gen(0))
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     assert torch.equal(b, c)   # a replay is deterministic
-    assert len(graphed._network._captures) == 1 and graphed.last_nfe == eager.last_nfe == 8
+    assert len(graphed._graphs) == 1 and graphed.last_nfe == eager.last_nfe == 8
     assert not torch.equal(b, physics.A_dagger(y))   # the steps did move the estimate
-    # posterior(): chunks of 2 samples (4 images) and of 1 sample (2 images) -> one graph per shape
-    pe = eager.posterior(y, physics, num_samples=3, max_batch=4, generator=torch.Generator(dev).manual_seed(1))
-    pg = graphed.posterior(y, physics, num_samples=3, max_batch=4, generator=torch.Generator(dev).manual_seed(1))
+    # the same draws in the same order: both generators end in the same state
+    assert torch.equal(torch.randn(3, generator=g_eager, device=dev), torch.randn(3, generator=g_graph, device=dev))
+    first_call = seen["graph"][:8]   # (the second call's steps follow)
+    assert [s[:2] for s in first_call] == [s[:2] for s in seen["eager"]]
+    torch.testing.assert_close(first_call[3][2], seen["eager"][3][2], rtol=1e-5, atol=1e-5)
+    # a warm start is a shorter table: its own graph
+    warm_e = eager(y, physics, generator=_gen(1), sigma_start=0.5)
+    warm_g = graphed(y, physics, generator=_gen(1), sigma_start=0.5)
+    torch.testing.assert_close(warm_g, warm_e, rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 2 and graphed.last_nfe == eager.last_nfe < 8
+    # posterior(): chunks of 2 samples (4 images) and of 1 sample (2 images) -> one graph more
+    pe = eager.posterior(y, physics, num_samples=3, max_batch=4, generator=_gen(1))
+    pg = graphed.posterior(y, physics, num_samples=3, max_batch=4, generator=_gen(1))
     torch.testing.assert_close(pg.samples, pe.samples, rtol=1e-5, atol=1e-5)
-    assert len(graphed._network._captures) == 2
+    assert len(graphed._graphs) == 3
 
 
 @cuda
-def test_graphed_network_outputs_are_fresh_tensors_and_equal_the_network():
+def test_a_cpu_generator_gives_the_eager_draws():
     dev = torch.device("cuda")
     net = _unet(dev)
-    graphed = GraphedNetwork(net)
-    x1, x2 = torch.randn(2, 3, 2, 16, 16, generator=torch.Generator().manual_seed(0)).to(dev)
-    with torch.inference_mode():
-        # the graph runs the network in channels-last layout (its default): compare in that layout,
-        # since a different layout picks different convolution kernels (differences ~1e-5)
-        want1, want2 = (net(x.contiguous(memory_format=torch.channels_last), s) for x, s in ((x1, 0.3), (x2, 0.7)))
-        got1 = graphed(x1, 0.3)
-        got2 = graphed(x2, 0.7)   # the second replay must not overwrite the first output
-        got3 = graphed(x2, torch.tensor([0.7, 0.7, 0.7], device=dev))
-    for got, want in ((got1, want1), (got2, want2), (got3, want2)):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert not torch.equal(got1, got2)
-    with pytest.raises(ValueError, match="finite and non-negative"):
-        graphed(x1, float("nan"))
-    with pytest.raises(RuntimeError, match="without autograd"):
-        graphed(x1.clone().requires_grad_(True), 0.3)
+    physics, y = _mri(32, 2, dev)
+    a = DPS(net, num_steps=6, progress=False)(y, physics, generator=torch.Generator().manual_seed(0))
+    b = DPS(net, num_steps=6, progress=False, cuda_graph=True)(y, physics, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 @cuda
-def test_graphs_follow_the_network_weights():
-    """In-place weight changes reach the replayed graph; moved weights (a reassigned parameter)
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_graphs_follow_the_physics_and_the_weights(name):
+    """Changes in place reach the replayed graph; a reassigned mask or weight, or another physics,
     make it capture anew instead of reading the old addresses."""
     dev = torch.device("cuda")
     net = _unet(dev)
-    graphed = GraphedNetwork(net)
-    x = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(0)).to(dev)
-    nhwc = x.contiguous(memory_format=torch.channels_last)
-    conv = net.net.conv_out
+    physics, y = _mri(32, 2, dev)
+    eager = SAMPLERS[name](net, num_steps=6)
+    graphed = SAMPLERS[name](net, num_steps=6, cuda_graph=True)
 
-    def both():
-        with torch.inference_mode():
-            return graphed(x, 0.5), net(nhwc, 0.5)
+    def both(phys):
+        return graphed(y, phys, generator=_gen(0)), eager(y, phys, generator=_gen(0))
 
-    before, _ = both()
+    before, _ = both(physics)
     with torch.no_grad():
-        conv.weight.mul_(2.0)                                    # in place: the same graph sees it
-    in_place, want = both()
-    torch.testing.assert_close(in_place, want, rtol=1e-5, atol=1e-5)
-    assert len(graphed._captures) == 1 and not torch.allclose(in_place, before)
-    conv.weight = torch.nn.Parameter(conv.weight.detach() * 0.5)  # moved: captured anew
-    moved, want = both()
-    torch.testing.assert_close(moved, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(moved, before, rtol=1e-5, atol=1e-5)
+        net.net.conv_out.weight.mul_(2.0)                          # in place: the same graph sees it
+    got, want = both(physics)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 1 and not torch.allclose(got, before)
+    net.net.conv_out.weight = torch.nn.Parameter(net.net.conv_out.weight.detach() * 0.5)   # moved
+    got, want = both(physics)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, before, rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 2
+    physics._mask = physics._mask.roll(1, dims=-1).clone()          # a reassigned mask
+    got, want = both(physics)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 3
+    other, _ = _mri(32, 2, dev)                                     # another physics object
+    got, want = both(other)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(graphed._graphs) == 4
 
 
 @cuda
-def test_graph_captured_under_autocast_survives_the_autocast_region():
-    """Captured under bf16 autocast, the graph must hold its own weight casts: memory churn after
-    the autocast region (which frees autocast's cache) must not change later replays."""
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_graph_captured_under_autocast_survives_memory_reuse(name):
+    """Captured with bf16 autocast inside the step, the graph holds its own weight casts: memory
+    churn between calls must not change later replays."""
     dev = torch.device("cuda")
     net = _unet(dev)
     physics, y = _mri(32, 2, dev)
-    eager = REDDiff(net, num_steps=6, progress=False, autocast=True)
-    graphed = REDDiff(net, num_steps=6, progress=False, autocast=True, cuda_graph=True)
-    a = eager(y, physics, generator=torch.Generator(dev).manual_seed(0))
-    b = graphed(y, physics, generator=torch.Generator(dev).manual_seed(0))
+    eager = SAMPLERS[name](net, num_steps=6, autocast=True)
+    graphed = SAMPLERS[name](net, num_steps=6, autocast=True, cuda_graph=True)
+    a = eager(y, physics, generator=_gen(0))
+    b = graphed(y, physics, generator=_gen(0))
     churn = [torch.full((1 << 16,), float(i), device=dev) for i in range(64)]   # reuse freed memory
-    c = graphed(y, physics, generator=torch.Generator(dev).manual_seed(0))
+    c = graphed(y, physics, generator=_gen(0))
     del churn
     torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-2)   # bf16 network
     assert torch.equal(b, c)
+
+
+class _Synchronising(LinearPhysics):
+    """A linear operator that reads a value back to the host (cannot be captured)."""
+
+    def A(self, x, **kwargs):
+        return x * float(x.abs().amax())
+
+    def A_adjoint(self, y, **kwargs):
+        return y
+
+
+@cuda
+def test_a_physics_that_cannot_be_captured_is_named():
+    dev = torch.device("cuda")
+    net = _unet(dev)
+    y = torch.rand(1, 2, 16, 16, device=dev)
+    with pytest.raises(RuntimeError, match="could not capture a step of DPS with _Synchronising"):
+        DPS(net, num_steps=4, progress=False, cuda_graph=True)(y, _Synchronising(), generator=_gen(0))
+    # the failed capture leaves the device usable
+    x = DPS(net, num_steps=4, progress=False)(y, _Synchronising(), generator=_gen(0))
+    assert torch.isfinite(x).all()

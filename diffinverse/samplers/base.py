@@ -6,11 +6,17 @@ A sampler is configured once and then called like a deepinv reconstructor::
     x = sampler(y, physics, generator=g)                  # one posterior sample, shaped like x
     post = sampler.posterior(y, physics, num_samples=8)   # .samples (N, B, ...), .mean, .std
 
-A subclass implements only its per-step update :meth:`DiffusionSampler.step` (and, where it
-needs them, the hooks :meth:`~DiffusionSampler.init_x`, :meth:`~DiffusionSampler.init_state`
-and :meth:`~DiffusionSampler.finalize`); this module owns the rest. The loop runs over a float64
-grid of noise levels ``sigmas`` (VE convention, decreasing, last entry 0): step ``i`` takes the
-state from ``sigmas[i]`` to ``sigmas[i + 1]``.
+A subclass implements only its per-step update :meth:`DiffusionSampler.step` and the step's
+scalars :meth:`~DiffusionSampler.coefficients` (and, where it needs them, the hooks
+:meth:`~DiffusionSampler.draws_noise`, :meth:`~DiffusionSampler.init_x`,
+:meth:`~DiffusionSampler.init_state` and :meth:`~DiffusionSampler.finalize`); this module owns the
+rest. The loop runs over a float64 grid of noise levels ``sigmas`` (VE convention, decreasing, last
+entry 0): step ``i`` takes the state from ``sigmas[i]`` to ``sigmas[i + 1]``.
+
+A step sees its scalars as a row of a table on the state's device (computed once per run on the
+host, in float64) and its noise drawn by the loop, so that its tensor operations are the same at
+every step: that is what lets ``cuda_graph=True`` capture one step as a CUDA graph and replay it
+(:mod:`diffinverse.samplers.cuda_graph`), with results equal to the eager loop's.
 
 Warm start (Come-Closer-Diffuse-Faster): with ``sigma_start`` set, the reverse diffusion begins
 at ``sigma_start`` from ``x_init + sigma_start * n`` (``x_init`` defaults to the baseline
@@ -38,8 +44,9 @@ import torch
 from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
+from diffinverse.priors.base import Prior
 from diffinverse.priors.schedules import karras
-from diffinverse.samplers.cuda_graph import GraphedNetwork
+from diffinverse.samplers.cuda_graph import StepGraphs
 
 __all__ = ["DiffusionSampler", "Posterior", "data_fidelity_grad", "randn"]
 
@@ -127,7 +134,7 @@ class DiffusionSampler:
             index, the step's starting noise level (a float), the new state and the step's
             denoised estimate. Tensors are passed as they are: clone them to keep them (RED-Diff
             updates its state in place, and its estimate is an inference tensor, read-only until
-            cloned).
+            cloned; under ``cuda_graph`` both are the graph's buffers, overwritten by the next step).
         autocast: run the network under bf16 autocast (worthwhile on recent GPUs); its output is
             cast back to the state's dtype.
         channels_last: hand the network its input in channels-last memory layout (4-D states
@@ -138,13 +145,18 @@ class DiffusionSampler:
         compile: ``torch.compile`` the prior for the network calls (``True``, or a dict of
             ``torch.compile`` keyword arguments). Opt-in for GPUs: measured on CPU, compiled
             forward+backward ran at 0.65x the speed of eager mode. The first call compiles.
-        cuda_graph: replay the network's forward pass as a CUDA graph
-            (:class:`~diffinverse.samplers.cuda_graph.GraphedNetwork`, captured on the first call
-            for each input shape): one launch per network call instead of one per kernel, for
-            samplers that evaluate the network without gradients (RED-Diff, not DPS) on a CUDA
-            device. Worthwhile where the network is bound by kernel launches: RED-Diff ran 3.1x
-            faster at 64x64, batch 4, and 1.06x at 256x256 on an H100, with the same output
-            (``benchmarks/README.md``). Not combinable with ``compile``.
+        cuda_graph: capture one whole step (network, operator and update) as a CUDA graph and
+            replay it at every step: one launch per step instead of hundreds, for a state on a
+            CUDA device (:class:`~diffinverse.samplers.cuda_graph.StepGraphs`). Worthwhile where
+            the GPU is bound by kernel launches (small images and batches): on an H200 at
+            64x64, batch 4, 20 steps, DPS ran 5.5x and RED-Diff 5.0x faster than eagerly, at
+            256x256 1.06x and 1.05x (``benchmarks/README.md``). The first call for
+            a given shape, physics and network captures the step (the cost of about four eager
+            steps); later calls with the same ones replay it. The physics and the network must be
+            capturable (torch operations only, no host synchronisation: not the ASTRA CT backend)
+            and keep their tensors as attributes, which are then read at their addresses of the
+            capture (changes in place are seen; a reassigned tensor makes it capture anew).
+            Not combinable with ``compile``.
 
     Attributes:
         last_nfe: number of network evaluations of the last call (one evaluation = one call of
@@ -179,18 +191,42 @@ class DiffusionSampler:
         self._network = prior
         if compile:
             self._network = torch.compile(prior, **(compile if isinstance(compile, dict) else {}))
-        if cuda_graph:
-            # the graph's input buffer has the network's layout: copying into it converts
-            self._network = GraphedNetwork(prior, channels_last=channels_last)
+        self._graphs = StepGraphs() if cuda_graph else None
         self.last_nfe = 0
         self._nfe = 0
 
     # -- what subclasses implement ---------------------------------------------------------
 
-    def step(self, x: torch.Tensor, sigma: float, sigma_next: float, y: torch.Tensor, physics,
-             generator: torch.Generator | None, state: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update from noise level ``sigma`` to ``sigma_next``; returns ``(x_next, x0_hat)``."""
+    def step(self, x: torch.Tensor, sigma: float | torch.Tensor, scalars: torch.Tensor, noise: torch.Tensor | None,
+             y: torch.Tensor, physics, state: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update from noise level ``sigma`` to the next; returns ``(x_next, x0_hat)``.
+
+        Args:
+            x: the state at ``sigma`` (under ``cuda_graph``, a fixed buffer: update it in place or
+                return a new tensor, not a view of it).
+            sigma: the step's noise level for :meth:`denoise`: a float, or under ``cuda_graph`` a
+                0-d tensor on the device.
+            scalars: ``(1 + m,)`` tensor on the state's device: ``sigma`` and the ``m`` scalars of
+                :meth:`coefficients`. Use them as tensors (``torch.addcmul``, ``torch.lerp``),
+                not as Python numbers, so that the step's operations do not depend on the step.
+            noise: a standard normal draw shaped like ``x`` where :meth:`draws_noise` says so,
+                else ``None`` (under ``cuda_graph``, a stale draw that the step's scalars weigh
+                by zero: a step must not branch on ``noise is None`` in a way its scalars do not).
+            y, physics: the measurements and their forward model.
+            state: the per-run state of :meth:`init_state`.
+        """
         raise NotImplementedError
+
+    def coefficients(self, sigma: float, sigma_next: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, ...]:
+        """The scalars a step needs besides ``sigma``, computed on the host in float64.
+
+        ``x`` and ``y`` are given for their sizes only. Default: none.
+        """
+        return ()
+
+    def draws_noise(self, sigma: float, sigma_next: float) -> bool:
+        """Whether the step from ``sigma`` to ``sigma_next`` uses a noise draw (default: every step)."""
+        return True
 
     def init_x(self, y: torch.Tensor, physics, x_init: torch.Tensor | None, sigma0: float, warm: bool,
                generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
@@ -211,8 +247,9 @@ class DiffusionSampler:
         noise = sigma0 * randn(like.shape, like, generator)
         return noise if x_init is None else x_init + noise
 
-    def init_state(self, x: torch.Tensor, y: torch.Tensor, physics) -> Any:
-        """Per-run state handed to every :meth:`step` (default ``None``)."""
+    def init_state(self, x: torch.Tensor, y: torch.Tensor, physics) -> dict[str, torch.Tensor | None] | None:
+        """Per-run state handed to every :meth:`step` (default ``None``): ``None`` or a dict of
+        tensors (or ``None`` values), updated in place by the steps."""
         return None
 
     def finalize(self, x: torch.Tensor, state: Any) -> torch.Tensor:
@@ -221,18 +258,30 @@ class DiffusionSampler:
 
     # -- shared machinery ------------------------------------------------------------------
 
-    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """The prior's Tweedie mean ``D(x, sigma)``, counted as one network evaluation.
 
-        Returned in the standard (contiguous) layout whatever layout the network computed in.
+        ``sigma`` is a float, or (in a captured step) a 0-d tensor on ``x``'s device, already
+        checked on the host as part of the grid. Returned in the standard (contiguous) layout
+        whatever layout the network computed in.
         """
         self._nfe += 1
-        if self.channels_last and x.ndim == 4 and not isinstance(self._network, GraphedNetwork):
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if not self.autocast:
-            return self._network(x, sigma).contiguous()
+            return self._call_network(x, sigma).contiguous()
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self._network(x, sigma).to(x.dtype).contiguous()
+            return self._call_network(x, sigma).to(x.dtype).contiguous()
+
+    def _call_network(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        if not isinstance(sigma, torch.Tensor):
+            return self._network(x, sigma)
+        # a device tensor: no checks that would read it back to the host (a captured step cannot)
+        sigma = sigma.expand(x.shape[0])
+        if isinstance(self.prior, Prior):
+            self.prior.check_input(x)
+            return self.prior.denoise(x, sigma)
+        return self._network(x, sigma)
 
     def schedule_for(self, sigma_start: float | None) -> torch.Tensor:
         """The float64 grid of a run: the full grid, or its part below ``sigma_start`` (warm start).
@@ -286,17 +335,28 @@ class DiffusionSampler:
         if warm and x_init is None:
             x_init = physics.A_dagger(y).detach()
         like = _state_like(y, physics, x_init, x_shape)
-        self._nfe = 0
         levels = sigmas.tolist()
         x = self.init_x(y, physics, x_init, levels[0], warm, generator, like)
         state = self.init_state(x, y, physics)
-        for i in tqdm(range(len(levels) - 1), disable=not self.progress, desc=type(self).__name__):
-            sigma, sigma_next = levels[i], levels[i + 1]
-            x, x0_hat = self.step(x, sigma, sigma_next, y, physics, generator, state)
-            if self.callback is not None:
-                self.callback(i, sigma, x, x0_hat)
-        self.last_nfe = self._nfe
+        pairs = list(zip(levels[:-1], levels[1:]))
+        table = torch.tensor([(s, *self.coefficients(s, s_next, x, y)) for s, s_next in pairs],
+                             dtype=x.dtype, device=x.device)
+        draws = [self.draws_noise(s, s_next) for s, s_next in pairs]
+        steps = tqdm(range(len(pairs)), disable=not self.progress, desc=type(self).__name__)
+        if self._graphs is not None:
+            x, state, self.last_nfe = self._graphs.run(self, x, y, physics, state, table, draws, generator,
+                                                       steps, levels)
+        else:
+            self._nfe = 0
+            for i in steps:
+                noise = randn(x.shape, x, generator) if draws[i] else None
+                x, x0_hat = self.step(x, levels[i], table[i], noise, y, physics, state)
+                if self.callback is not None:
+                    self.callback(i, levels[i], x, x0_hat)
+            self.last_nfe = self._nfe
         x = self.finalize(x, state)
+        if self._graphs is not None:
+            x = x.clone()   # not the graph's buffer, which the next call overwrites
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 f"{type(self).__name__} diverged: its reconstruction contains NaN or infinite values after "

@@ -1,131 +1,200 @@
-"""The network's forward pass replayed as a CUDA graph: one launch per call instead of hundreds.
+"""A sampler's step replayed as a CUDA graph: one launch per step instead of hundreds.
 
-On a GPU, small images leave the network bound by kernel launches: the shipped 1.5M-parameter
-UNet launches 426 kernels per call, whose host-side cost at 64x64, batch 4, is about three times the
-GPU's own work. :class:`GraphedNetwork` captures the call once per input shape (after warm-up
-calls on a side stream, as CUDA graphs require) and then replays it: per call, one copy of the
-input into the graph's input buffer, one fill of its noise-level buffer, one graph launch and one
-copy of the output.
+On a GPU, small images leave a sampler bound by kernel launches: at 64x64, batch 4, the shipped
+1.5M-parameter UNet launches 426 kernels per call, and the step adds 15-20 of its own (noise, the
+operator, the update), whose host-side cost exceeds the GPU's work. :class:`StepGraphs` captures a
+sampler's whole step once (after warm-up runs on a side stream, as CUDA graphs require) over fixed
+buffers, and replays it: per step one noise draw into its buffer and one graph launch.
 
-Only forward passes without autograd can be replayed this way (RED-Diff's network calls, under
-``torch.inference_mode``); DPS differentiates through the network and cannot use it. The network
-must be capturable: no host synchronisation, no data-dependent shapes, no new device memory
-outside PyTorch's allocator (the UNet priors of this package are).
+What makes a step capturable: the step reads its scalars from a device table, through a step
+counter on the device that the graph itself advances, and its noise from a buffer that the loop
+refills from the caller's generator before each replay, with the same draws as the eager loop;
+the step's operations are the eager loop's, so the results are the same.
 
-A graph reads the network's weights from the device memory they had at capture. In-place changes
-(an optimiser step, ``load_state_dict``) are therefore seen by later replays; for an
-``nn.Module`` network, every call also checks that its parameters and buffers still live where
-they did (``.to()``, ``.half()`` or a reassigned parameter move them) and captures anew if not.
+Buffers and reuse: the state, the measurements, the per-run state and the scalar table are copied
+into the graph's buffers at the start of every call. The network's weights and the physics'
+tensors are read at the addresses they had at capture: changes in place are seen by later
+replays. A graph is reused by later calls with the same shapes and dtypes, the same sampler
+settings, the same physics object (whose parameters, buffers and tensor attributes are still
+where they were) and the same network (parameters and buffers likewise); otherwise (a new
+physics, a reassigned mask, weights moved by ``.to()``) a new graph is captured.
+Tensors that a physics holds only inside closures cannot be followed: build such a physics anew
+instead of changing it.
 
 References:
     NVIDIA, "CUDA C++ Programming Guide", section "CUDA Graphs"; ``torch.cuda.graph``.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from diffinverse.priors.base import Prior, as_sigma, checked_sigma
-
-__all__ = ["GraphedNetwork"]
+__all__ = ["StepGraphs"]
 
 
 @dataclass
 class _Capture:
     graph: torch.cuda.CUDAGraph
     x: torch.Tensor
-    sigma: torch.Tensor
-    out: torch.Tensor
+    y: torch.Tensor
+    state: dict[str, torch.Tensor | None] | None
+    table: torch.Tensor
+    index: torch.Tensor
+    noise: torch.Tensor | None
+    x0_hat: torch.Tensor
+    nfe_per_step: int
+    keep: tuple  # the objects whose tensors the graph reads (keeps their ids from being reused)
 
 
-class GraphedNetwork:
-    """Wrap a denoiser ``network(x, sigma)`` so that its calls replay a captured CUDA graph.
+def _where(obj: Any, *, attributes: bool) -> tuple[int, ...]:
+    """Addresses of the tensors an object holds: for a module, its parameters and buffers and, with
+    ``attributes``, the tensor attributes of every submodule, also inside lists, tuples and dicts
+    (a new tensor has a new address, also after ``.to()`` or ``.half()``)."""
+    modules = list(obj.modules()) if isinstance(obj, torch.nn.Module) else []
+    ptrs = [t.data_ptr() for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+    if attributes:
+        values = [v for owner in (modules or [obj]) for v in getattr(owner, "__dict__", {}).values()]
+        while values:
+            v = values.pop()
+            if isinstance(v, torch.Tensor):
+                ptrs.append(v.data_ptr())
+            elif isinstance(v, (list, tuple)):
+                values.extend(v)
+            elif isinstance(v, dict):
+                values.extend(v.values())
+    return tuple(ptrs)
+
+
+def _layout(t: torch.Tensor | None) -> tuple | None:
+    # not the strides: a call's tensors are copied into the buffers whatever their memory layout
+    return None if t is None else (tuple(t.shape), t.dtype, t.device)
+
+
+def _settings(sampler) -> tuple:
+    """The sampler's plain settings (e.g. ``clip_x0``), whose values a capture holds."""
+    return tuple(sorted((k, v) for k, v in vars(sampler).items() if not k.startswith("_") and k != "last_nfe"
+                        and isinstance(v, (bool, int, float, str, tuple, type(None)))))
+
+
+def _check_state(state) -> None:
+    if state is not None and not (isinstance(state, dict) and
+                                  all(v is None or isinstance(v, torch.Tensor) for v in state.values())):
+        raise TypeError("cuda_graph needs a per-run state that is None or a dict of tensors")
+
+
+class StepGraphs:
+    """Captured steps of one sampler, keyed by what a capture depends on, most recent kept.
 
     Args:
-        network: the denoiser. For a :class:`~diffinverse.priors.base.Prior` the graph holds its
-            ``denoise`` (sigma already validated); any other callable is captured as ``network(x,
-            sigma)`` with ``sigma`` a ``(B,)`` tensor.
-        warmup: calls run on a side stream before a capture (cuDNN picks its algorithms there).
-        channels_last: give the network 4-D inputs in channels-last layout (the graph's input
-            buffer has it, so the copy into the buffer converts); other inputs keep their shape's
-            standard layout.
-
-    A call takes ``x: (B, ...)`` on a CUDA device and ``sigma`` (a float, or a ``(B,)`` tensor) and
-    returns a new tensor in the standard (contiguous) layout, never the graph's output buffer. One
-    graph is captured, and kept, for each shape, dtype, device and autocast state of ``x``; the
-    first call with a new one costs ``warmup + 1`` ordinary calls.
-
-    Raises (on call):
-        ValueError: if ``x`` has the wrong channel count for a ``Prior``, is not on a CUDA device,
-            or ``sigma`` is negative or non-finite.
-        RuntimeError: if a gradient is required (a replayed graph has no autograd history).
+        warmup: steps run on a side stream before a capture (cuDNN and autograd set themselves up
+            there; their results are discarded).
+        max_graphs: graphs kept (each holds its own memory pool); the least recently used goes.
     """
 
-    def __init__(self, network, *, warmup: int = 2, channels_last: bool = True):
-        if warmup < 1:
-            raise ValueError(f"warmup must be >= 1, got {warmup}")
-        self.network = network
+    def __init__(self, *, warmup: int = 3, max_graphs: int = 4):
+        if warmup < 1 or max_graphs < 1:
+            raise ValueError(f"need warmup >= 1 and max_graphs >= 1, got {warmup} and {max_graphs}")
         self.warmup = int(warmup)
-        self.channels_last = channels_last
-        self._captures: dict[tuple, _Capture] = {}
-        self._captured_weights: tuple | None = None
+        self.max_graphs = int(max_graphs)
+        self._captures: OrderedDict[tuple, _Capture] = OrderedDict()
 
-    def _weights(self) -> tuple | None:
-        """Where the network's parameters and buffers live, and as what (``None``: not a module)."""
-        if not isinstance(self.network, torch.nn.Module):
-            return None
-        return tuple((t.data_ptr(), t.dtype, t.device) for t in (*self.network.parameters(), *self.network.buffers()))
+    def __len__(self) -> int:
+        return len(self._captures)
 
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        if isinstance(self.network, Prior):
-            # the graph holds denoise(), which skips the public call's checks
-            self.network.check_input(x)
+    def run(self, sampler, x: torch.Tensor, y: torch.Tensor, physics, state, table: torch.Tensor,
+            draws: Sequence[bool], generator: torch.Generator, steps: Iterable[int],
+            levels: Sequence[float]) -> tuple[torch.Tensor, Any, int]:
+        """Run the steps of one call by replays: returns ``(x, state, nfe)`` after the last step.
+
+        ``x``, ``state`` and ``table`` (one row per step) are the call's initial state, per-run
+        state and scalars; ``draws[i]`` says whether step ``i`` draws noise. The returned ``x`` and
+        ``state`` are the graph's buffers, overwritten by the next call: copy what you keep.
+
+        Raises:
+            ValueError: if the state is not on a CUDA device.
+            RuntimeError: if the step cannot be captured (a host synchronisation or GPU work outside
+                PyTorch in the physics or the network).
+        """
         if x.device.type != "cuda":
-            raise ValueError(f"cuda_graph needs the network's input on a CUDA device, got {x.device}")
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("cuda_graph replays forward passes without autograd; this call needs a gradient "
-                               "through the network (DPS): use cuda_graph=False")
-        weights = self._weights()
-        if weights != self._captured_weights:
-            # the weights moved since the graphs were captured: their addresses are stale
-            self._captures.clear()
-            self._captured_weights = weights
-        key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"))
+            raise ValueError(f"cuda_graph needs the state on a CUDA device, got {x.device}")
+        _check_state(state)
+        key = (_layout(x), _layout(y), _layout(table), any(draws), torch.is_inference_mode_enabled(),
+               tuple((name, _layout(v)) for name, v in (state or {}).items()),
+               id(physics), _where(physics, attributes=True),
+               id(sampler.prior), _where(sampler.prior, attributes=False), _settings(sampler))
         cap = self._captures.get(key)
         if cap is None:
-            cap = self._captures[key] = self._capture(x)
+            cap = self._capture(sampler, x, y, physics, state, table, any(draws))
+            self._captures[key] = cap
+            if len(self._captures) > self.max_graphs:
+                self._captures.popitem(last=False)
+        self._captures.move_to_end(key)
         cap.x.copy_(x)
-        if isinstance(sigma, torch.Tensor):
-            cap.sigma.copy_(as_sigma(sigma, x))
-        else:
-            cap.sigma.fill_(checked_sigma(sigma))
-        cap.graph.replay()
-        return cap.out.clone(memory_format=torch.contiguous_format)
+        cap.y.copy_(y)
+        cap.table.copy_(table)
+        cap.index.zero_()
+        for name, value in (state or {}).items():
+            if value is not None:
+                cap.state[name].copy_(value)
+        for i in steps:
+            if draws[i]:
+                _refill(cap.noise, generator)
+            cap.graph.replay()
+            if sampler.callback is not None:
+                sampler.callback(i, levels[i], cap.x, cap.x0_hat)
+        return cap.x, cap.state, cap.nfe_per_step * len(table)
 
-    def _forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.network, Prior):
-            return self.network.denoise(x, sigma)
-        return self.network(x, sigma)
-
-    def _capture(self, like: torch.Tensor) -> _Capture:
-        # static buffers are ordinary tensors (not inference tensors), so that calls made both inside
-        # and outside torch.inference_mode can copy into them
-        layout = torch.channels_last if self.channels_last and like.ndim == 4 else torch.contiguous_format
+    def _capture(self, sampler, x, y, physics, state, table, draws) -> _Capture:
+        # fixed buffers are ordinary tensors (not inference tensors), so that calls made inside and
+        # outside torch.inference_mode can copy into them
         with torch.inference_mode(False):
-            x = like.clone(memory_format=layout)
-            sigma = torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
-        # under autocast, the weights' low-precision copies must be made inside the graph: autocast's
-        # cache would keep them in memory that is freed when the caller's autocast region ends
-        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False,
-                                  enabled=torch.is_autocast_enabled("cuda"))
-        side = torch.cuda.Stream(like.device)
-        side.wait_stream(torch.cuda.current_stream(like.device))
-        with torch.no_grad(), autocast, torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self._forward(x, sigma)
-        torch.cuda.current_stream(like.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), autocast, torch.cuda.graph(graph):
-            out = self._forward(x, sigma)
-        return _Capture(graph=graph, x=x, sigma=sigma, out=out)
+            bx, by, btable = x.clone(), y.clone(), table.clone()
+            bstate = None if state is None else {k: None if v is None else v.clone() for k, v in state.items()}
+            index = torch.zeros(1, dtype=torch.long, device=x.device)
+            row = torch.empty(1, table.shape[1], dtype=table.dtype, device=x.device)
+            noise = torch.zeros_like(x, memory_format=torch.contiguous_format) if draws else None  # refilled per step
+
+        def step() -> torch.Tensor:
+            torch.index_select(btable, 0, index, out=row)
+            index.add_(1)
+            scalars = row[0]
+            x_next, x0_hat = sampler.step(bx, scalars[0], scalars, noise, by, physics, bstate)
+            if x_next is not bx:
+                bx.copy_(x_next)
+            return x0_hat
+
+        device = x.device
+        caller = torch.cuda.current_stream(device)
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(caller)
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    index.zero_()
+                    step()
+            caller.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            sampler._nfe = 0
+            with torch.cuda.graph(graph):
+                x0_hat = step()
+        except RuntimeError as err:
+            # a failed capture can leave its capture stream current
+            torch.cuda.set_stream(caller)
+            raise RuntimeError(
+                f"cuda_graph could not capture a step of {type(sampler).__name__} with {type(physics).__name__}: "
+                f"the physics and the network must run torch operations only, without host synchronisation "
+                f"(use cuda_graph=False for this physics). Cause: {err}") from err
+        return _Capture(graph=graph, x=bx, y=by, state=bstate, table=btable, index=index, noise=noise,
+                        x0_hat=x0_hat, nfe_per_step=sampler._nfe, keep=(physics, sampler.prior))
+
+
+def _refill(noise: torch.Tensor, generator: torch.Generator) -> None:
+    """Draw standard normal noise into ``noise``, the same numbers as the eager loop's ``randn``."""
+    if generator.device.type == noise.device.type and generator.device.index in (None, noise.device.index):
+        noise.normal_(generator=generator)
+    else:
+        noise.copy_(torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device=generator.device))

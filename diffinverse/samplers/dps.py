@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, randn
+from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
 
 __all__ = ["DPS"]
 
@@ -60,9 +60,9 @@ class DPS(DiffusionSampler):
         zeta: guidance step size (see the module notes for its scale).
         squared_norm: guide with ``||y - A(x0_hat)||^2`` (paper) instead of the plain norm (code).
         clip_x0: clip ``x0_hat`` to ``prior.data_range`` before the guidance and the ancestral step.
-        **kwargs: schedule, warm start, progress, callback, autocast, channels_last and compile options of
-            :class:`~diffinverse.samplers.base.DiffusionSampler` (not ``cuda_graph``: DPS needs the
-            network's gradient).
+        **kwargs: schedule, warm start, progress, callback, autocast, channels_last, compile and
+            cuda_graph options of :class:`~diffinverse.samplers.base.DiffusionSampler` (a captured
+            step holds the network's forward and backward pass).
 
     Example:
         >>> sampler = DPS(prior, num_steps=200, zeta=1.0, progress=False)
@@ -75,8 +75,6 @@ class DPS(DiffusionSampler):
 
     def __init__(self, prior, *, num_steps: int = 200, zeta: float = 1.0, squared_norm: bool = False,
                  clip_x0: bool = False, **kwargs):
-        if kwargs.get("cuda_graph"):
-            raise ValueError("DPS differentiates through the network, and cuda_graph replays forward passes only")
         super().__init__(prior, num_steps=num_steps, **kwargs)
         if not (math.isfinite(zeta) and zeta >= 0):
             raise ValueError(f"zeta must be finite and >= 0, got {zeta}")
@@ -91,7 +89,18 @@ class DPS(DiffusionSampler):
 
     __call__.__doc__ = DiffusionSampler.__call__.__doc__
 
-    def step(self, x, sigma, sigma_next, y, physics, generator, state):
+    def coefficients(self, sigma, sigma_next, x, y):
+        # the ancestral step's weight (sigma_next / sigma)^2 and noise level, and the guidance step
+        # with the VP-to-VE factor that keeps the official zeta's meaning
+        sigma_up = sigma_next * math.sqrt(sigma**2 - sigma_next**2) / sigma
+        guidance = self.zeta * math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
+        return ((sigma_next / sigma) ** 2, sigma_up, guidance)
+
+    def draws_noise(self, sigma, sigma_next):
+        return sigma_next > 0
+
+    def step(self, x, sigma, scalars, noise, y, physics, state):
+        _, weight, sigma_up, guidance = scalars.unbind()
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             # line 4: x0_hat = D(x_i, sigma_i), keeping the graph for the guidance's Jacobian
@@ -107,12 +116,10 @@ class DPS(DiffusionSampler):
                 grad_x0 = grad_x0 / norms.reshape(-1, *([1] * (grad_x0.ndim - 1)))
             (grad,) = torch.autograd.grad(x0_hat, x, grad_outputs=grad_x0)
         x, x0_hat = x.detach(), x0_hat.detach()
-        # lines 5-7: DDPM ancestral step in VE form, mean x0_hat + (sigma_next/sigma)^2 (x - x0_hat)
-        # (one kernel per term: on a GPU at small sizes the loop is bound by kernel launches)
-        x_next = torch.lerp(x0_hat, x, (sigma_next / sigma) ** 2)
-        if sigma_next > 0:
-            sigma_up = sigma_next * math.sqrt(sigma**2 - sigma_next**2) / sigma
-            x_next.add_(randn(x.shape, x, generator), alpha=sigma_up)
-        # line 8: guidance, with the VP-to-VE factor that keeps the official zeta's meaning
-        c = math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
-        return x_next.sub_(grad, alpha=self.zeta * c), x0_hat
+        # lines 5-7: DDPM ancestral step in VE form, mean x0_hat + (sigma_next/sigma)^2 (x - x0_hat),
+        # plus sigma_up n (none at the last step, sigma_next = 0, where sigma_up is 0)
+        x_next = torch.lerp(x0_hat, x, weight)
+        if noise is not None:
+            x_next.addcmul_(noise, sigma_up)
+        # line 8: guidance
+        return x_next.addcmul_(grad, guidance, value=-1), x0_hat

@@ -53,7 +53,7 @@ from typing import Literal
 import torch
 from deepinv.physics import LinearPhysics
 
-from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, randn
+from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
 
 __all__ = ["REDDiff"]
 
@@ -111,18 +111,22 @@ class REDDiff(DiffusionSampler):
         # for a linear physics the data gradient is A^H A mu - A^H y: A^H y once, then one normal
         # operator per step (fewer kernels than A, a subtraction, A^H and a negation)
         aty = physics.A_adjoint(y) if isinstance(physics, LinearPhysics) else None
-        # Adam's step counts 1, 2, ... on the state's device, where the fused update reads them;
-        # a run has at most len(self.sigmas) steps (a warm start has fewer)
-        counts = torch.arange(1, len(self.sigmas) + 1, dtype=torch.float32, device=x.device).unbind()
-        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "t": 0, "counts": counts, "aty": aty}
+        # Adam's step count lives on the state's device, where the fused update reads it
+        count = torch.zeros((), dtype=torch.float32, device=x.device)
+        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "count": count, "aty": aty}
 
-    def step(self, x, sigma, sigma_next, y, physics, generator, state):
+    def coefficients(self, sigma, sigma_next, x, y):
+        # weight of (mu - x0_hat) in the gradient n_y * g (see step): lam * w(sigma) / sigma * n_y / n_x
+        n_x, n_y = x.numel() // x.shape[0], y.numel() // y.shape[0]
+        return (self.lam * _WEIGHTS[self.weighting](sigma) / sigma / n_x * n_y,)
+
+    def step(self, x, sigma, scalars, noise, y, physics, state):
         mu = x
+        sigma_t, prior_weight = scalars.unbind()
         # prior term: eps_hat - eps = (mu - D(mu + sigma eps, sigma)) / sigma, network not differentiated;
         # x0_hat stays an inference tensor (read-only), which the in-place updates below only read
-        eps = randn(mu.shape, mu, generator)
         with torch.inference_mode():
-            x0_hat = self.denoise(torch.add(mu, eps, alpha=sigma), sigma)
+            x0_hat = self.denoise(torch.addcmul(mu, noise, sigma_t), sigma)
         # gradient with the official per-item normalisation (n_y entries of y, n_x of mu):
         #   g = grad_data / n_y + lam * w(sigma) / sigma * (mu - x0_hat) / n_x.
         # Adam is run on n_y * g with eps * n_y, which is the same update (Adam is invariant to a
@@ -134,13 +138,12 @@ class REDDiff(DiffusionSampler):
             grad_data = physics.A_adjoint_A(mu) - state["aty"]
         else:
             grad_data, _ = data_fidelity_grad(mu, y, physics)
-        c = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / (mu.numel() // mu.shape[0])
-        g = grad_data.add_(torch.sub(mu, x0_hat), alpha=c * n_y).contiguous()
+        g = grad_data.addcmul_(torch.sub(mu, x0_hat), prior_weight).contiguous()
         # Adam (Kingma & Ba, Algorithm 1, with bias corrections) as one fused in-place update of mu
         # and its moments, the kernel behind torch.optim.Adam(fused=True): one kernel instead of
         # six. mu is updated in place (callbacks clone what they keep, see DiffusionSampler).
-        torch._fused_adam_([mu], [g], [state["m"]], [state["v"]], [], [state["counts"][state["t"]]],
+        state["count"].add_(1)
+        torch._fused_adam_([mu], [g], [state["m"]], [state["v"]], [], [state["count"]],
                            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
                            eps=self.eps * n_y, amsgrad=False, maximize=False)
-        state["t"] += 1
         return mu, x0_hat
