@@ -12,7 +12,7 @@ from deepinv.physics import LinearPhysics
 from diffinverse.operators.masks import random_lines
 from diffinverse.operators.mri import SingleCoilMRI
 from diffinverse.priors.unet import UNet
-from diffinverse.samplers.cuda_graph import StepGraphs
+from diffinverse.samplers.cuda_graph import StepGraphs, capture_key
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 
@@ -50,6 +50,38 @@ def test_refused_where_it_cannot_work():
     for name in SAMPLERS:
         with pytest.raises(ValueError, match="CUDA device, got cpu"):
             SAMPLERS[name](net, num_steps=4, cuda_graph=True)(y, physics)
+
+
+def test_when_a_capture_is_reused():
+    """The key that decides whether a call replays a captured step (checked without a GPU): it
+    follows what the graph reads at fixed addresses and what it holds as constants, and ignores
+    what each call copies in afresh."""
+    net = _unet()
+    physics, y = _mri(16, 2, "cpu")
+    sampler = DPS(net, num_steps=4, progress=False)
+
+    def key(s=sampler, phys=physics, meas=y):
+        x = phys.A_adjoint(meas)
+        return capture_key(s, x, meas, phys, s.init_state(x, meas, phys), torch.zeros(4, 4), [True] * 4)
+
+    first = key()
+    sampler(y, physics, generator=torch.Generator().manual_seed(0))   # changes last_nfe, not the key
+    assert key() == first
+    assert key(meas=y.transpose(-1, -2).contiguous().transpose(-1, -2)) == first   # copied in: any layout
+    with torch.no_grad():
+        physics._mask.mul_(1.0)                    # in place: the graph reads the same memory
+        net.net.conv_out.weight.mul_(2.0)
+    assert key() == first
+    assert key(meas=y[:1]) != first                # another batch size
+    assert key(phys=SingleCoilMRI(physics.mask)) != first      # another operator, equal or not
+    sampler.clip_x0 = True                         # a setting the capture holds as a constant
+    assert key() != first
+    sampler.clip_x0 = False
+    net.net.conv_out.weight = torch.nn.Parameter(net.net.conv_out.weight.detach().clone())
+    assert key() != first                          # moved weights
+    moved = key()
+    physics._mask = physics._mask.clone()          # a reassigned mask
+    assert key() != moved
 
 
 @cuda

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["StepGraphs"]
+__all__ = ["StepGraphs", "capture_key"]
 
 
 @dataclass
@@ -80,6 +80,20 @@ def _settings(sampler) -> tuple:
                         and isinstance(v, (bool, int, float, str, tuple, type(None)))))
 
 
+def capture_key(sampler, x: torch.Tensor, y: torch.Tensor, physics, state, table: torch.Tensor,
+                draws: Sequence[bool]) -> tuple:
+    """What a captured step depends on: a call whose key equals a capture's replays that capture.
+
+    The shapes, dtypes and devices of the call's tensors (not their memory layout: they are copied
+    into the graph's buffers), whether any step draws noise, inference mode, the physics and the
+    network (identity and where their tensors are), and the sampler's plain settings.
+    """
+    return (_layout(x), _layout(y), _layout(table), any(draws), torch.is_inference_mode_enabled(),
+            tuple((name, _layout(v)) for name, v in (state or {}).items()),
+            id(physics), _where(physics, attributes=True),
+            id(sampler.prior), _where(sampler.prior, attributes=False), _settings(sampler))
+
+
 def _check_state(state) -> None:
     if state is not None and not (isinstance(state, dict) and
                                   all(v is None or isinstance(v, torch.Tensor) for v in state.values())):
@@ -122,10 +136,7 @@ class StepGraphs:
         if x.device.type != "cuda":
             raise ValueError(f"cuda_graph needs the state on a CUDA device, got {x.device}")
         _check_state(state)
-        key = (_layout(x), _layout(y), _layout(table), any(draws), torch.is_inference_mode_enabled(),
-               tuple((name, _layout(v)) for name, v in (state or {}).items()),
-               id(physics), _where(physics, attributes=True),
-               id(sampler.prior), _where(sampler.prior, attributes=False), _settings(sampler))
+        key = capture_key(sampler, x, y, physics, state, table, draws)
         cap = self._captures.get(key)
         if cap is None:
             cap = self._capture(sampler, x, y, physics, state, table, any(draws))
