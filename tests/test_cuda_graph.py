@@ -1,7 +1,8 @@
 """``cuda_graph=True``: a sampler's whole step captured as a CUDA graph and replayed.
 
-The errors that need no GPU are checked everywhere; the replays need one (CI has none; on a CUDA
-machine: ``python -m pytest tests/test_cuda_graph.py``).
+Without a GPU (CI has none) these check the errors, the key that decides when a capture is
+reused, and the loop around the graph with the capture replaced by re-running the step; the
+replays themselves need one (on a CUDA machine: ``python -m pytest tests/test_cuda_graph.py``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from deepinv.physics import LinearPhysics
 from diffinverse.operators.masks import random_lines
 from diffinverse.operators.mri import SingleCoilMRI
 from diffinverse.priors.unet import UNet
+from diffinverse.samplers import cuda_graph
 from diffinverse.samplers.cuda_graph import StepGraphs, capture_key
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
@@ -82,6 +84,48 @@ def test_when_a_capture_is_reused():
     moved = key()
     physics._mask = physics._mask.clone()          # a reassigned mask
     assert key() != moved
+
+
+def _rerun_instead_of_capture(step, reset, device, warmup):
+    """A CPU stand-in for the CUDA capture: a 'replay' runs the step again and writes its output
+    where the captured one was, as a graph's replay would."""
+    reset()
+    out = step()
+
+    def replay():
+        new = step()
+        with torch.inference_mode():   # RED-Diff's estimate is an inference tensor
+            out.copy_(new)
+    return replay, out
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_the_loop_around_the_graph_equals_the_eager_loop(name, monkeypatch):
+    """The buffers, the step counter, the noise refills and the copies in and out, on the CPU: with
+    the capture replaced by re-running the step, the results equal the eager loop's bit for bit.
+    (Whether CUDA captures the step faithfully is for the GPU tests below.)"""
+    monkeypatch.setattr(cuda_graph, "_capture_graph", _rerun_instead_of_capture)
+    net = _unet()
+    physics, y = _mri(16, 2, "cpu")
+    seen = {"eager": [], "graph": []}
+    eager = SAMPLERS[name](net, num_steps=6, callback=lambda i, s, x, x0: seen["eager"].append((i, s, x.clone())))
+    graphed = SAMPLERS[name](net, num_steps=6, cuda_graph=True,
+                             callback=lambda i, s, x, x0: seen["graph"].append((i, s, x.clone())))
+    g_eager, g_graph = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a = eager(y, physics, generator=g_eager)
+    b = graphed(y, physics, generator=g_graph)
+    assert torch.equal(b, a) and graphed.last_nfe == eager.last_nfe == 6
+    assert torch.equal(torch.randn(3, generator=g_eager), torch.randn(3, generator=g_graph))   # same draws
+    assert [(i, s) for i, s, _ in seen["graph"]] == [(i, s) for i, s, _ in seen["eager"]]
+    assert all(torch.equal(g[2], e[2]) for g, e in zip(seen["graph"], seen["eager"]))
+    c = graphed(y, physics, generator=torch.Generator().manual_seed(1))   # replays the same capture
+    assert len(graphed._graphs) == 1 and torch.equal(b, a) and not torch.equal(c, a)
+    warm = [s(y, physics, generator=torch.Generator().manual_seed(2), sigma_start=0.5) for s in (eager, graphed)]
+    assert torch.equal(warm[1], warm[0]) and graphed.last_nfe == eager.last_nfe < 6
+    post = [s.posterior(y, physics, num_samples=3, max_batch=4, generator=torch.Generator().manual_seed(3))
+            for s in (eager, graphed)]
+    assert torch.equal(post[1].samples, post[0].samples) and graphed.last_nfe == eager.last_nfe == 12   # 2 chunks
+    assert len(graphed._graphs) == 3   # + the warm start's shorter table, + the 2-sample chunk's batch
 
 
 @cuda

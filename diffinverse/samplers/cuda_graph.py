@@ -27,7 +27,7 @@ References:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ __all__ = ["StepGraphs", "capture_key"]
 
 @dataclass
 class _Capture:
-    graph: torch.cuda.CUDAGraph
+    replay: Callable[[], None]
     x: torch.Tensor
     y: torch.Tensor
     state: dict[str, torch.Tensor | None] | None
@@ -133,8 +133,6 @@ class StepGraphs:
             RuntimeError: if the step cannot be captured (a host synchronisation or GPU work outside
                 PyTorch in the physics or the network).
         """
-        if x.device.type != "cuda":
-            raise ValueError(f"cuda_graph needs the state on a CUDA device, got {x.device}")
         _check_state(state)
         key = capture_key(sampler, x, y, physics, state, table, draws)
         cap = self._captures.get(key)
@@ -154,7 +152,7 @@ class StepGraphs:
         for i in steps:
             if draws[i]:
                 _refill(cap.noise, generator)
-            cap.graph.replay()
+            cap.replay()
             if sampler.callback is not None:
                 sampler.callback(i, levels[i], cap.x, cap.x0_hat)
         return cap.x, cap.state, cap.nfe_per_step * len(table)
@@ -169,38 +167,58 @@ class StepGraphs:
             row = torch.empty(1, table.shape[1], dtype=table.dtype, device=x.device)
             noise = torch.zeros_like(x, memory_format=torch.contiguous_format) if draws else None  # refilled per step
 
+        nfe_per_step = 0
+
         def step() -> torch.Tensor:
+            nonlocal nfe_per_step
             torch.index_select(btable, 0, index, out=row)
             index.add_(1)
             scalars = row[0]
+            before = sampler._nfe
             x_next, x0_hat = sampler.step(bx, scalars[0], scalars, noise, by, physics, bstate)
+            nfe_per_step = sampler._nfe - before
             if x_next is not bx:
                 bx.copy_(x_next)
             return x0_hat
 
-        device = x.device
-        caller = torch.cuda.current_stream(device)
         try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(caller)
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    index.zero_()
-                    step()
-            caller.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            sampler._nfe = 0
-            with torch.cuda.graph(graph):
-                x0_hat = step()
+            replay, x0_hat = _capture_graph(step, index.zero_, x.device, self.warmup)
         except RuntimeError as err:
-            # a failed capture can leave its capture stream current
-            torch.cuda.set_stream(caller)
             raise RuntimeError(
                 f"cuda_graph could not capture a step of {type(sampler).__name__} with {type(physics).__name__}: "
                 f"the physics and the network must run torch operations only, without host synchronisation "
                 f"(use cuda_graph=False for this physics). Cause: {err}") from err
-        return _Capture(graph=graph, x=bx, y=by, state=bstate, table=btable, index=index, noise=noise,
-                        x0_hat=x0_hat, nfe_per_step=sampler._nfe, keep=(physics, sampler.prior))
+        return _Capture(replay=replay, x=bx, y=by, state=bstate, table=btable, index=index, noise=noise,
+                        x0_hat=x0_hat, nfe_per_step=nfe_per_step, keep=(physics, sampler.prior))
+
+
+def _capture_graph(step: Callable[[], torch.Tensor], reset: Callable[[], Any], device: torch.device,
+                   warmup: int) -> tuple[Callable[[], None], torch.Tensor]:
+    """Capture ``step`` as a CUDA graph, after ``warmup`` runs on a side stream (``reset`` before
+    each); returns the graph's replay and the tensor that ``step`` returned, which replays rewrite.
+
+    Raises:
+        ValueError: if ``device`` is not a CUDA device.
+    """
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph needs the state on a CUDA device, got {device}")
+    caller = torch.cuda.current_stream(device)
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(caller)
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                reset()
+                step()
+        caller.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+    except RuntimeError:
+        # a failed capture can leave its capture stream current
+        torch.cuda.set_stream(caller)
+        raise
+    return graph.replay, out
 
 
 def _refill(noise: torch.Tensor, generator: torch.Generator) -> None:
