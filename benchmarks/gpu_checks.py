@@ -31,6 +31,7 @@ from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI
 from diffinverse.operators.superres import SuperResolution
 from diffinverse.operators.volume import SliceStack
 from diffinverse.priors.checkpoints import load
+from diffinverse.samplers.cuda_graph import capture_graph
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 from diffinverse.testing import adjoint_mismatch
@@ -85,18 +86,22 @@ def _mri_problem(size: int, dev: torch.device) -> tuple[torch.Tensor, SingleCoil
     return x, physics, physics.A(x)
 
 
-def _graphed(fn):
-    """``fn`` (no arguments, fixed input tensors) captured as a CUDA graph; returns its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+def _forward(network, x: torch.Tensor):
+    """One network call without autograd (what RED-Diff makes)."""
+    def call():
+        with torch.inference_mode():
+            network(x)
+    return call
+
+
+def _forward_backward(network, x: torch.Tensor):
+    """One network call and its vector-Jacobian product with respect to the input only (what DPS
+    makes)."""
+    def call():
+        xr = x.detach().requires_grad_(True)
+        out = network(xr)
+        torch.autograd.grad(out, xr, grad_outputs=torch.ones_like(out))
+    return call
 
 
 def samplers(prior, dev: torch.device, steps: dict[str, int], sizes: tuple[int, ...] = (64, 256),
@@ -123,26 +128,11 @@ def samplers(prior, dev: torch.device, steps: dict[str, int], sizes: tuple[int, 
         x, physics, y = _mri_problem(size, dev)
         sigma = torch.full((x.shape[0],), 0.5, device=dev)
 
-        def fwd():
-            with torch.inference_mode():
-                prior(x, 0.5)
-
-        def fwd_bwd():
-            # what DPS needs: the vector-Jacobian product with respect to the input only
-            xr = x.detach().requires_grad_(True)
-            out = prior(xr, 0.5)
-            torch.autograd.grad(out, xr, grad_outputs=torch.ones_like(out))
-
-        def fwd_bwd_denoise():
-            xr = x.detach().requires_grad_(True)
-            out = prior.denoise(xr, sigma)
-            torch.autograd.grad(out, xr, grad_outputs=torch.ones_like(out))
-
-        def fwd_denoise():
-            with torch.inference_mode():
-                prior.denoise(x, sigma)
-
-        calls = {"fwd": fwd, "fb": fwd_bwd, "fwd_graph": _graphed(fwd_denoise), "fb_graph": _graphed(fwd_bwd_denoise)}
+        checked = lambda t: prior(t, 0.5)              # noqa: E731  the public call, with its checks
+        bare = lambda t: prior.denoise(t, sigma)        # noqa: E731  what a captured step runs
+        calls = {"fwd": _forward(checked, x), "fb": _forward_backward(checked, x),
+                 "fwd_graph": capture_graph(_forward(bare, x), dev)[0],
+                 "fb_graph": capture_graph(_forward_backward(bare, x), dev)[0]}
         n_of = {"fwd": steps["REDDiff"], "fwd_graph": steps["REDDiff"], "fb": steps["DPS"], "fb_graph": steps["DPS"]}
         if not eager:
             del calls["fwd"], calls["fb"]

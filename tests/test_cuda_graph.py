@@ -86,7 +86,7 @@ def test_when_a_capture_is_reused():
     assert key() != moved
 
 
-def _rerun_instead_of_capture(step, reset, device, warmup):
+def _rerun_instead_of_capture(step, device, *, warmup, reset):
     """A CPU stand-in for the CUDA capture: a 'replay' runs the step again and writes its output
     where the captured one was, as a graph's replay would."""
     reset()
@@ -104,7 +104,7 @@ def test_the_loop_around_the_graph_equals_the_eager_loop(name, monkeypatch):
     """The buffers, the step counter, the noise refills and the copies in and out, on the CPU: with
     the capture replaced by re-running the step, the results equal the eager loop's bit for bit.
     (Whether CUDA captures the step faithfully is for the GPU tests below.)"""
-    monkeypatch.setattr(cuda_graph, "_capture_graph", _rerun_instead_of_capture)
+    monkeypatch.setattr(cuda_graph, "capture_graph", _rerun_instead_of_capture)
     net = _unet()
     physics, y = _mri(16, 2, "cpu")
     seen = {"eager": [], "graph": []}
@@ -132,7 +132,7 @@ def test_the_loop_around_the_graph_equals_the_eager_loop(name, monkeypatch):
 def test_the_loop_around_the_graph_with_a_nonlinear_physics(name, monkeypatch):
     """As above for a nonlinear physics: the data gradient by autograd inside the step, and for
     RED-Diff a per-run state with an empty entry (no A^H y)."""
-    monkeypatch.setattr(cuda_graph, "_capture_graph", _rerun_instead_of_capture)
+    monkeypatch.setattr(cuda_graph, "capture_graph", _rerun_instead_of_capture)
     net = _unet()
     physics = Physics(A=torch.tanh)
     y = physics.A(torch.rand(2, 2, 16, 16, generator=torch.Generator().manual_seed(1)))

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["StepGraphs", "capture_key"]
+__all__ = ["StepGraphs", "capture_graph", "capture_key"]
 
 
 @dataclass
@@ -182,7 +182,7 @@ class StepGraphs:
             return x0_hat
 
         try:
-            replay, x0_hat = _capture_graph(step, index.zero_, x.device, self.warmup)
+            replay, x0_hat = capture_graph(step, x.device, warmup=self.warmup, reset=index.zero_)
         except RuntimeError as err:
             raise RuntimeError(
                 f"cuda_graph could not capture a step of {type(sampler).__name__} with {type(physics).__name__}: "
@@ -192,23 +192,26 @@ class StepGraphs:
                         x0_hat=x0_hat, nfe_per_step=nfe_per_step, keep=(physics, sampler.prior))
 
 
-def _capture_graph(step: Callable[[], torch.Tensor], reset: Callable[[], Any], device: torch.device,
-                   warmup: int) -> tuple[Callable[[], None], torch.Tensor]:
-    """Capture ``step`` as a CUDA graph, after ``warmup`` runs on a side stream (``reset`` before
-    each); returns the graph's replay and the tensor that ``step`` returned, which replays rewrite.
+def capture_graph(step: Callable[[], Any], device: torch.device, *, warmup: int = 3,
+                  reset: Callable[[], Any] | None = None) -> tuple[Callable[[], None], Any]:
+    """Capture ``step`` (no arguments, fixed input tensors) as a CUDA graph, after ``warmup`` runs
+    on a side stream (``reset`` before each); returns the graph's replay and what ``step`` returned
+    at capture (tensors that replays rewrite).
 
     Raises:
         ValueError: if ``device`` is not a CUDA device.
+        RuntimeError: if ``step`` cannot be captured (e.g. it synchronises with the host).
     """
     if device.type != "cuda":
-        raise ValueError(f"cuda_graph needs the state on a CUDA device, got {device}")
+        raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
     caller = torch.cuda.current_stream(device)
     try:
         side = torch.cuda.Stream(device)
         side.wait_stream(caller)
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                reset()
+                if reset is not None:
+                    reset()
                 step()
         caller.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
