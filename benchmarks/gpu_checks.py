@@ -164,7 +164,7 @@ def samplers(prior, dev: torch.device, steps: dict[str, int], sizes: tuple[int, 
             def replay_steps(cap=cap, n=steps[name]):
                 cap.index.zero_()   # the step counter: n replays read the n rows of the table
                 for _ in range(n):
-                    cap.graph.replay()
+                    cap.replay()
             step_graphs[name] = replay_steps
         for fn in (*units.values(), *step_graphs.values()):
             fn()

@@ -6,6 +6,8 @@ replays themselves need one (on a CUDA machine: ``python -m pytest tests/test_cu
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from deepinv.physics import LinearPhysics, Physics
@@ -83,6 +85,13 @@ def test_when_a_capture_is_reused():
     assert key() != first                          # moved weights
     moved = key()
     physics._mask = physics._mask.clone()          # a reassigned mask
+    assert key() != moved
+    moved = key()
+    weight = net.net.conv_out.weight
+    weight.data = weight.data.clone()              # swapped in its Parameter (no registration)
+    assert key() != moved
+    moved = key()
+    net.net.conv_out = copy.deepcopy(net.net.conv_out)   # a replaced submodule
     assert key() != moved
 
 
@@ -176,6 +185,23 @@ def test_replayed_equals_eager_and_captures_once_per_shape(name):
     pg = graphed.posterior(y, physics, num_samples=3, max_batch=4, generator=_gen(1))
     torch.testing.assert_close(pg.samples, pe.samples, rtol=1e-5, atol=1e-5)
     assert len(graphed._graphs) == 3
+
+
+@cuda
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_replayed_equals_eager_with_a_nonlinear_physics(name):
+    """A nonlinear physics: the data gradient's autograd runs inside the captured step."""
+    dev = torch.device("cuda")
+    net = _unet(dev)
+    physics = Physics(A=torch.tanh)
+    y = physics.A(torch.rand(2, 2, 32, 32, generator=torch.Generator().manual_seed(1)).to(dev))
+    x_init = torch.full_like(y, 0.5)
+    eager = SAMPLERS[name](net, num_steps=8, sigma_start=0.5)
+    graphed = SAMPLERS[name](net, num_steps=8, sigma_start=0.5, cuda_graph=True)
+    a, b, c = (s(y, physics, x_init=x_init, generator=_gen(0)) for s in (eager, graphed, graphed))
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert torch.equal(b, c) and len(graphed._graphs) == 1
+    assert (b - x_init).abs().max() > 1e-2   # the steps did move the estimate
 
 
 @cuda

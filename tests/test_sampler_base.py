@@ -296,6 +296,20 @@ def test_base_step_is_abstract(prior, problem):
         DiffusionSampler(prior, num_steps=2, progress=False)(y, physics)
 
 
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_setting_changed_between_calls_reaches_the_next_call(name, prior, problem):
+    """The scalar table a sampler keeps for calls with the same grid is rebuilt when a setting
+    it holds changes."""
+    physics, _, y = problem
+    cls, setting, value = {"dps": (DPS, "zeta", 0.6), "reddiff": (REDDiff, "lam", 0.5)}[name]
+    sampler = cls(prior, num_steps=5, progress=False)
+    before = sampler(y, physics, generator=torch.Generator().manual_seed(0))
+    setattr(sampler, setting, value)
+    after = sampler(y, physics, generator=torch.Generator().manual_seed(0))
+    fresh = cls(prior, num_steps=5, progress=False, **{setting: value})(y, physics, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(after, fresh) and not torch.equal(after, before)
+
+
 def test_reddiff_weightings_differ_and_stay_finite(prior, problem):
     physics, _, y = problem
     outs = {w: REDDiff(prior, num_steps=20, weighting=w, progress=False)(
@@ -417,9 +431,11 @@ def test_channels_last_feeds_nhwc_and_changes_nothing_else(name):
     outs = {}
     for flag in (False, True):
         net.formats.clear()
-        outs[flag] = SAMPLERS[name](net, num_steps=6, channels_last=flag)(
-            y, physics, generator=torch.Generator().manual_seed(0))
+        states = []
+        outs[flag] = SAMPLERS[name](net, num_steps=6, channels_last=flag, callback=lambda i, s, x, x0: states.append(
+            (x.is_contiguous(), x0.is_contiguous())))(y, physics, generator=torch.Generator().manual_seed(0))
         assert set(net.formats) == {flag}   # every network call saw NHWC exactly when asked
+        assert set(states) == {(not flag, not flag)}   # the state is kept in the network's layout
         assert outs[flag].is_contiguous()   # the reconstruction comes back in the standard layout
     torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)
 

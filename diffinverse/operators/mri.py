@@ -28,6 +28,10 @@ naming the expected layout); non-finite values in the mask and maps at construct
 ``y`` in ``A_dagger`` (not in ``A``/``A_adjoint``, where a full scan would add a pass over the
 data to every sampler step).
 
+Memory layout: ``A_adjoint_A`` (and the single-coil ``A_adjoint``) return a dense tensor in their
+input's layout, standard or channels-last, so that a sampler whose state is kept channels-last (the
+network's layout) pays no copies; ``to_complex`` of a channels-last image is itself free.
+
 References:
     Zbontar et al., "fastMRI: An Open Dataset and Benchmarks for Accelerated MRI", arXiv:1811.08839.
     Pruessmann et al., "SENSE: Sensitivity encoding for fast MRI", MRM 42 (1999) 952-962.
@@ -131,6 +135,14 @@ def to_complex(x: torch.Tensor) -> torch.Tensor:
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     return torch.view_as_complex(x.movedim(1, -1).contiguous())
+
+
+def _to_image(z: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
+    """``to_channels(z)`` as a dense tensor in the memory layout of ``like``: channels-last (free:
+    it is the view's own layout) when ``like`` is a channels-last 4-D tensor, else the standard one."""
+    channels_last = (like is not None and like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last)
+                     and not like.is_contiguous())
+    return to_channels(z).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _as_mask(mask, name: str = "mask") -> torch.Tensor:
@@ -246,7 +258,7 @@ class SingleCoilMRI(_CartesianMRI):
         pre, _ = _ramps(*self.img_shape, y.dtype, y.device)
         k = to_complex(y)
         z = torch.fft.ifft2(k * self._kweights(k.dtype, conj=True)[:, 0], norm="ortho") * pre.conj()
-        return to_channels(z).contiguous()
+        return _to_image(z, y)
 
     def _normal_weights(self, mask: torch.Tensor) -> torch.Tensor:
         return torch.fft.ifftshift(mask, dim=self._normal_dims)
@@ -264,7 +276,7 @@ class SingleCoilMRI(_CartesianMRI):
         self._check_size(x)
         z = to_complex(x)
         w = self._in_precision("_normal_w", z.dtype)
-        return to_channels(_masked_normal(z, w[:, 0], self._normal_dims)).contiguous()
+        return _to_image(_masked_normal(z, w[:, 0], self._normal_dims), x)
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """Zero-filled reconstruction ``F^H y`` (the pseudo-inverse for a 0/1 mask)."""
@@ -437,8 +449,9 @@ class MultiCoilMRI(_CartesianMRI):
         z = to_complex(x)
         return z[:, None] if self.num_maps == 1 else z
 
-    def _complex_to_image(self, z: torch.Tensor) -> torch.Tensor:
-        return to_channels(z[:, 0] if self.num_maps == 1 else z).contiguous()
+    def _complex_to_image(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Complex images -> real channels, in the layout of the image ``x`` (default standard)."""
+        return _to_image(z[:, 0] if self.num_maps == 1 else z, x)
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         return to_channels(self._forward_c(self._image_to_complex(x)))
@@ -451,7 +464,7 @@ class MultiCoilMRI(_CartesianMRI):
         return self._complex_to_image(self._adjoint_c(to_complex(y)))
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self._complex_to_image(self._normal(self._image_to_complex(x)))
+        return self._complex_to_image(self._normal(self._image_to_complex(x)), x)
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """SENSE: conjugate gradient on ``(A^H A + lambda I) x = A^H y``.

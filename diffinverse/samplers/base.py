@@ -46,9 +46,9 @@ from tqdm.auto import tqdm
 
 from diffinverse.priors.base import Prior
 from diffinverse.priors.schedules import karras
-from diffinverse.samplers.cuda_graph import StepGraphs
+from diffinverse.samplers.cuda_graph import StepGraphs, sampler_settings
 
-__all__ = ["DiffusionSampler", "Posterior", "data_fidelity_grad", "randn"]
+__all__ = ["DiffusionSampler", "Posterior", "data_fidelity_grad", "randn", "same_layout"]
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
@@ -192,6 +192,7 @@ class DiffusionSampler:
         if compile:
             self._network = torch.compile(prior, **(compile if isinstance(compile, dict) else {}))
         self._graphs = StepGraphs() if cuda_graph else None
+        self._table_cache = None
         self.last_nfe = 0
         self._nfe = 0
 
@@ -229,10 +230,11 @@ class DiffusionSampler:
         return True
 
     def init_x(self, y: torch.Tensor, physics, x_init: torch.Tensor | None, sigma0: float, warm: bool,
-               generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+               generator: torch.Generator | None, x_shape: Sequence[int] | None) -> torch.Tensor:
         """Initial state at ``sigma0``.
 
-        Cold start: ``sigma0 * n``. Warm start: ``x_init + sigma0 * n`` (Come-Closer-Diffuse-Faster).
+        Cold start: ``sigma0 * n``, shaped like ``physics.A_adjoint(y)`` (or ``x_shape``). Warm
+        start: ``x_init + sigma0 * n`` (Come-Closer-Diffuse-Faster).
 
         Args:
             y, physics: the measurements and their forward model.
@@ -240,10 +242,11 @@ class DiffusionSampler:
             sigma0: first noise level of the grid.
             warm: whether this is a warm start.
             generator: source of the noise.
-            like: a tensor with the state's shape, dtype and device.
+            x_shape: the caller's ``x_shape`` (``None`` if not given).
         """
         if x_init is not None and not warm:
             raise ValueError("x_init is a warm start: give sigma_start too (the noise level to start from)")
+        like = x_init if x_init is not None else _state_like(y, physics, None, x_shape)
         noise = sigma0 * randn(like.shape, like, generator)
         return noise if x_init is None else x_init + noise
 
@@ -262,16 +265,27 @@ class DiffusionSampler:
         """The prior's Tweedie mean ``D(x, sigma)``, counted as one network evaluation.
 
         ``sigma`` is a float, or (in a captured step) a 0-d tensor on ``x``'s device, already
-        checked on the host as part of the grid. Returned in the standard (contiguous) layout
-        whatever layout the network computed in.
+        checked on the host as part of the grid. The network gets ``x`` in the state's layout
+        (:meth:`state_format`), and its output is returned in that layout, whatever layout the
+        network computed in.
         """
         self._nfe += 1
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        layout = self.state_format(x)
+        x = x.contiguous(memory_format=layout)
         if not self.autocast:
-            return self._call_network(x, sigma).contiguous()
+            return self._call_network(x, sigma).contiguous(memory_format=layout)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self._call_network(x, sigma).to(x.dtype).contiguous()
+            return self._call_network(x, sigma).to(x.dtype).contiguous(memory_format=layout)
+
+    def state_format(self, x: torch.Tensor) -> torch.memory_format:
+        """Memory layout of the state ``x`` during a run: channels-last for 4-D states when
+        ``channels_last`` is on, else the standard one.
+
+        Keeping the state in the network's layout saves the copies into and out of it at every
+        step, and those inside operators that keep their input's layout (the MRI operators); the
+        reconstruction is returned in the standard layout.
+        """
+        return torch.channels_last if self.channels_last and x.ndim == 4 else torch.contiguous_format
 
     def _call_network(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         if not isinstance(sigma, torch.Tensor):
@@ -297,6 +311,18 @@ class DiffusionSampler:
         below = self.sigmas[self.sigmas < sigma_start]
         return torch.cat([self.sigmas.new_tensor([sigma_start]), below])
 
+    def _scalar_table(self, levels: list[float], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        """The run's scalar table (one row per step: ``sigma`` and :meth:`coefficients`, on
+        ``x``'s device) and which steps draw noise; the last ones are kept for the next call with
+        the same grid, sizes and settings (a table is built on the host and copied to the device)."""
+        key = (tuple(levels), x.shape, y.shape, x.dtype, x.device, sampler_settings(self))
+        if self._table_cache is None or self._table_cache[0] != key:
+            pairs = list(zip(levels[:-1], levels[1:]))
+            table = torch.tensor([(s, *self.coefficients(s, s_next, x, y)) for s, s_next in pairs],
+                                 dtype=x.dtype, device=x.device)
+            self._table_cache = (key, table, [self.draws_noise(s, s_next) for s, s_next in pairs])
+        return self._table_cache[1:]
+
     def __call__(self, y: torch.Tensor, physics, *, generator: torch.Generator | None = None,
                  x_init: torch.Tensor | None = None, sigma_start: float | None = None,
                  x_shape: Sequence[int] | None = None) -> torch.Tensor:
@@ -321,28 +347,31 @@ class DiffusionSampler:
 
         Raises:
             TypeError: if ``generator`` is not a ``torch.Generator`` (or ``None``).
-            ValueError: if ``y`` or ``x_init`` contains NaN or infinite values, or (from the prior)
+            ValueError: if ``y`` or ``x_init`` contains NaN or infinite values (checked before the
+                first step; an operator may refuse them earlier, e.g. in ``A_dagger``), or (from the prior)
                 the state's dtype or device is not the network's.
             FloatingPointError: if the reconstruction is not finite (the iteration diverged).
         """
-        check_finite(y, "y")
+        # the checks run on the inputs' device and are read before the first step: on a GPU the
+        # set-up below is queued meanwhile instead of waiting for them
+        finite = {"y": _all_finite(y, "y")}
         if x_init is not None:
-            check_finite(x_init, "x_init")
+            finite["x_init"] = _all_finite(x_init, "x_init")
+            _check_batch_size(x_init, y)
         sigma_start = self.sigma_start if sigma_start is None else sigma_start
-        sigmas = self.schedule_for(sigma_start)
+        levels = self.schedule_for(sigma_start).tolist()
         generator = _generator(generator, y.device)
         warm = sigma_start is not None
         if warm and x_init is None:
             x_init = physics.A_dagger(y).detach()
-        like = _state_like(y, physics, x_init, x_shape)
-        levels = sigmas.tolist()
-        x = self.init_x(y, physics, x_init, levels[0], warm, generator, like)
+        x = self.init_x(y, physics, x_init, levels[0], warm, generator, x_shape)
+        x = x.contiguous(memory_format=self.state_format(x))
         state = self.init_state(x, y, physics)
-        pairs = list(zip(levels[:-1], levels[1:]))
-        table = torch.tensor([(s, *self.coefficients(s, s_next, x, y)) for s, s_next in pairs],
-                             dtype=x.dtype, device=x.device)
-        draws = [self.draws_noise(s, s_next) for s, s_next in pairs]
-        steps = tqdm(range(len(pairs)), disable=not self.progress, desc=type(self).__name__)
+        table, draws = self._scalar_table(levels, x, y)
+        for name, ok in finite.items():
+            if not ok:
+                raise ValueError(f"{name} contains NaN or infinite values")
+        steps = tqdm(range(len(draws)), disable=not self.progress, desc=type(self).__name__)
         if self._graphs is not None:
             x, state, self.last_nfe = self._graphs.run(self, x, y, physics, state, table, draws, generator,
                                                        steps, levels)
@@ -355,8 +384,8 @@ class DiffusionSampler:
                     self.callback(i, levels[i], x, x0_hat)
             self.last_nfe = self._nfe
         x = self.finalize(x, state)
-        if self._graphs is not None:
-            x = x.clone()   # not the graph's buffer, which the next call overwrites
+        # in the standard layout, and not the graph's buffer, which the next call overwrites
+        x = x.clone(memory_format=torch.contiguous_format) if self._graphs is not None else x.contiguous()
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 f"{type(self).__name__} diverged: its reconstruction contains NaN or infinite values after "
@@ -436,6 +465,25 @@ def _check_grid(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas
 
 
+def same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``like``'s strides (a copy only if they differ): for updates that pair the
+    entries of tensors by memory position, such as the fused Adam kernel."""
+    return t if t.stride() == like.stride() else torch.empty_like(like).copy_(t)
+
+
+def _all_finite(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Whether ``t`` holds only finite values, as a 0-d bool tensor on its device (not read back:
+    no host synchronisation); raises ``TypeError`` unless ``t`` is a tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return torch.isfinite(t).all()
+
+
+def _check_batch_size(x_init: torch.Tensor, y: torch.Tensor) -> None:
+    if x_init.shape[0] != y.shape[0]:
+        raise ValueError(f"x_init has batch size {x_init.shape[0]}, y has {y.shape[0]}")
+
+
 def check_finite(t: torch.Tensor, name: str) -> None:
     """Raise ``TypeError`` unless ``t`` is a tensor, ``ValueError`` if it holds NaN or infinite values."""
     if not isinstance(t, torch.Tensor):
@@ -463,8 +511,7 @@ def _state_like(y: torch.Tensor, physics, x_init: torch.Tensor | None,
                 x_shape: Sequence[int] | None) -> torch.Tensor:
     """An (uninitialised) tensor with the state's shape, dtype and device."""
     if x_init is not None:
-        if x_init.shape[0] != y.shape[0]:
-            raise ValueError(f"x_init has batch size {x_init.shape[0]}, y has {y.shape[0]}")
+        _check_batch_size(x_init, y)
         return torch.empty_like(x_init)
     if x_shape is not None:
         return torch.empty(tuple(x_shape), dtype=y.dtype if y.is_floating_point() else torch.float32,

@@ -19,21 +19,27 @@ settings, the same physics object (whose parameters, buffers and tensor attribut
 where they were) and the same network (parameters and buffers likewise); otherwise (a new
 physics, a reassigned mask, weights moved by ``.to()``) a new graph is captured.
 Tensors that a physics holds only inside closures cannot be followed: build such a physics anew
-instead of changing it.
+instead of changing it. To find the network's tensors without walking its module tree at every
+call, the first graphed call installs torch.nn's global registration hooks with a counter (they
+count new submodules, parameters and buffers on any module, and change nothing).
 
 References:
     NVIDIA, "CUDA C++ Programming Guide", section "CUDA Graphs"; ``torch.cuda.graph``.
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                     register_module_module_registration_hook,
+                                     register_module_parameter_registration_hook)
 
-__all__ = ["StepGraphs", "capture_graph", "capture_key"]
+__all__ = ["StepGraphs", "capture_graph", "capture_key", "sampler_settings"]
 
 
 @dataclass
@@ -48,25 +54,59 @@ class _Capture:
     x0_hat: torch.Tensor
     nfe_per_step: int
     keep: tuple  # the objects whose tensors the graph reads (keeps their ids from being reused)
+    table_from: tuple[torch.Tensor, int] | None = None  # the table last copied in, and its version
 
 
-def _where(obj: Any, *, attributes: bool) -> tuple[int, ...]:
-    """Addresses of the tensors an object holds: for a module, its parameters and buffers and, with
-    ``attributes``, the tensor attributes of every submodule, also inside lists, tuples and dicts
-    (a new tensor has a new address, also after ``.to()`` or ``.half()``)."""
+def _physics_addresses(obj: Any) -> tuple[int, ...]:
+    """Addresses of the tensors a physics holds: for a module, its parameters and buffers, and the
+    tensor attributes of it and every submodule, also inside lists, tuples and dicts (a new tensor
+    has a new address, also after ``.to()`` or ``.half()``)."""
     modules = list(obj.modules()) if isinstance(obj, torch.nn.Module) else []
     ptrs = [t.data_ptr() for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
-    if attributes:
-        values = [v for owner in (modules or [obj]) for v in getattr(owner, "__dict__", {}).values()]
-        while values:
-            v = values.pop()
-            if isinstance(v, torch.Tensor):
-                ptrs.append(v.data_ptr())
-            elif isinstance(v, (list, tuple)):
-                values.extend(v)
-            elif isinstance(v, dict):
-                values.extend(v.values())
+    values = [v for owner in (modules or [obj]) for v in getattr(owner, "__dict__", {}).values()]
+    while values:
+        v = values.pop()
+        if isinstance(v, torch.Tensor):
+            ptrs.append(v.data_ptr())
+        elif isinstance(v, (list, tuple)):
+            values.extend(v)
+        elif isinstance(v, dict):
+            values.extend(v.values())
     return tuple(ptrs)
+
+
+_registrations = 0          # registrations of submodules, parameters and buffers seen in torch.nn
+_counting = False
+_network_dicts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _count_registration(module, name, value) -> None:
+    global _registrations
+    _registrations += 1
+
+
+def _network_addresses(network: Any) -> tuple[int, ...]:
+    """Addresses of the network's parameters and buffers, without walking its module tree at
+    every call (a network is a deep tree; a physics, walked by :func:`_physics_addresses`, a flat one).
+
+    The network's parameter and buffer dicts are collected once and again only after a
+    registration of a submodule, parameter or buffer on any module (counted by torch.nn's global
+    registration hooks, installed at the first call); the addresses are read from them at every
+    call, which also sees tensors moved by ``.to()`` or swapped inside the dicts.
+    """
+    global _counting
+    if not isinstance(network, torch.nn.Module):
+        return ()
+    if not _counting:
+        for register in (register_module_module_registration_hook, register_module_parameter_registration_hook,
+                         register_module_buffer_registration_hook):
+            register(_count_registration)
+        _counting = True
+    found = _network_dicts.get(network)
+    if found is None or found[0] != _registrations:
+        found = (_registrations, [d for m in network.modules() for d in (m._parameters, m._buffers) if d])
+        _network_dicts[network] = found
+    return tuple(t.data_ptr() for d in found[1] for t in d.values() if t is not None)
 
 
 def _layout(t: torch.Tensor | None) -> tuple | None:
@@ -74,8 +114,8 @@ def _layout(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else (tuple(t.shape), t.dtype, t.device)
 
 
-def _settings(sampler) -> tuple:
-    """The sampler's plain settings (e.g. ``clip_x0``), whose values a capture holds."""
+def sampler_settings(sampler) -> tuple:
+    """The sampler's plain settings (e.g. ``clip_x0``): what its captures and scalar tables hold."""
     return tuple(sorted((k, v) for k, v in vars(sampler).items() if not k.startswith("_") and k != "last_nfe"
                         and isinstance(v, (bool, int, float, str, tuple, type(None)))))
 
@@ -90,8 +130,8 @@ def capture_key(sampler, x: torch.Tensor, y: torch.Tensor, physics, state, table
     """
     return (_layout(x), _layout(y), _layout(table), any(draws), torch.is_inference_mode_enabled(),
             tuple((name, _layout(v)) for name, v in (state or {}).items()),
-            id(physics), _where(physics, attributes=True),
-            id(sampler.prior), _where(sampler.prior, attributes=False), _settings(sampler))
+            id(physics), _physics_addresses(physics),
+            id(sampler.prior), _network_addresses(sampler.prior), sampler_settings(sampler))
 
 
 def _check_state(state) -> None:
@@ -144,7 +184,9 @@ class StepGraphs:
         self._captures.move_to_end(key)
         cap.x.copy_(x)
         cap.y.copy_(y)
-        cap.table.copy_(table)
+        if cap.table_from is None or cap.table_from[0] is not table or cap.table_from[1] != table._version:
+            cap.table.copy_(table)   # (a sampler hands the same table to calls with the same grid)
+            cap.table_from = (table, table._version)
         cap.index.zero_()
         for name, value in (state or {}).items():
             if value is not None:
@@ -164,16 +206,16 @@ class StepGraphs:
             bx, by, btable = x.clone(), y.clone(), table.clone()
             bstate = None if state is None else {k: None if v is None else v.clone() for k, v in state.items()}
             index = torch.zeros(1, dtype=torch.long, device=x.device)
-            row = torch.empty(1, table.shape[1], dtype=table.dtype, device=x.device)
             noise = torch.zeros_like(x, memory_format=torch.contiguous_format) if draws else None  # refilled per step
 
         nfe_per_step = 0
 
         def step() -> torch.Tensor:
             nonlocal nfe_per_step
-            torch.index_select(btable, 0, index, out=row)
+            # the row is allocated in the graph's own memory: a buffer made outside the capture
+            # and not kept by it would be freed after the capture and written to by every replay
+            scalars = torch.index_select(btable, 0, index)[0]
             index.add_(1)
-            scalars = row[0]
             before = sampler._nfe
             x_next, x0_hat = sampler.step(bx, scalars[0], scalars, noise, by, physics, bstate)
             nfe_per_step = sampler._nfe - before

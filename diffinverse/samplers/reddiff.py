@@ -53,7 +53,7 @@ from typing import Literal
 import torch
 from deepinv.physics import LinearPhysics
 
-from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
+from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, same_layout
 
 __all__ = ["REDDiff"]
 
@@ -100,17 +100,17 @@ class REDDiff(DiffusionSampler):
         self.weighting = weighting
         self.eps = 1e-8
 
-    def init_x(self, y, physics, x_init, sigma0, warm, generator, like):
-        # mu_0 = A^dagger(y) (official initialisation), or the caller's x_init; a contiguous copy,
-        # since the fused Adam update below pairs the entries of mu, its gradient and moments by
-        # memory position
+    def init_x(self, y, physics, x_init, sigma0, warm, generator, x_shape):
+        # mu_0 = A^dagger(y) (official initialisation), or the caller's x_init; a dense copy in the
+        # state's layout, which the moments (zeros_like) share: the fused Adam update below pairs
+        # the entries of mu, its gradient and moments by memory position
         mu = physics.A_dagger(y) if x_init is None else x_init
-        return mu.detach().clone(memory_format=torch.contiguous_format)
+        return mu.detach().clone(memory_format=self.state_format(mu))
 
     def init_state(self, x, y, physics):
         # for a linear physics the data gradient is A^H A mu - A^H y: A^H y once, then one normal
         # operator per step (fewer kernels than A, a subtraction, A^H and a negation)
-        aty = physics.A_adjoint(y) if isinstance(physics, LinearPhysics) else None
+        aty = same_layout(physics.A_adjoint(y), x) if isinstance(physics, LinearPhysics) else None
         # Adam's step count lives on the state's device, where the fused update reads it
         count = torch.zeros((), dtype=torch.float32, device=x.device)
         return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "count": count, "aty": aty}
@@ -138,7 +138,7 @@ class REDDiff(DiffusionSampler):
             grad_data = physics.A_adjoint_A(mu) - state["aty"]
         else:
             grad_data, _ = data_fidelity_grad(mu, y, physics)
-        g = grad_data.addcmul_(torch.sub(mu, x0_hat), prior_weight).contiguous()
+        g = same_layout(grad_data.addcmul_(torch.sub(mu, x0_hat), prior_weight), mu)
         # Adam (Kingma & Ba, Algorithm 1, with bias corrections) as one fused in-place update of mu
         # and its moments, the kernel behind torch.optim.Adam(fused=True): one kernel instead of
         # six. mu is updated in place (callbacks clone what they keep, see DiffusionSampler).
