@@ -221,7 +221,9 @@ class DiffusionSampler:
     def coefficients(self, sigma: float, sigma_next: float, x: torch.Tensor, y: torch.Tensor) -> tuple[float, ...]:
         """The scalars a step needs besides ``sigma``, computed on the host in float64.
 
-        ``x`` and ``y`` are given for their sizes only. Default: none.
+        ``x`` and ``y`` are given for their sizes only. The result may depend only on the noise
+        levels, those sizes and the sampler's plain settings (numbers, strings, tuples): a sampler
+        keeps its table for later calls with the same ones. Default: none.
         """
         return ()
 
