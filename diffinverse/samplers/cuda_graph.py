@@ -11,8 +11,11 @@ counter on the device that the graph itself advances, and its noise from a buffe
 refills from the caller's generator before each replay, with the same draws as the eager loop;
 the step's operations are the eager loop's, so the results are the same.
 
-Buffers and reuse: the state, the measurements, the per-run state and the scalar table are copied
-into the graph's buffers at the start of every call. The network's weights and the physics'
+Buffers and reuse: the state, the measurements, the per-run state and the scalar table (unless
+it is the table last copied in, unchanged) are copied into the graph's buffers at the start of
+every call; whatever else a step needs is allocated inside the capture, in the graph's own
+memory (a buffer made outside it and not kept would be freed, and replays would write into
+memory the allocator hands to others). The network's weights and the physics'
 tensors are read at the addresses they had at capture: changes in place are seen by later
 replays. A graph is reused by later calls with the same shapes and dtypes, the same sampler
 settings, the same physics object (whose parameters, buffers and tensor attributes are still
