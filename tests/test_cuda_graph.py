@@ -40,6 +40,13 @@ def _mri(size: int, batch: int, device) -> tuple[SingleCoilMRI, torch.Tensor]:
     return physics, physics.A(x)
 
 
+def _tanh(size: int, device) -> tuple[Physics, torch.Tensor, torch.Tensor]:
+    """A nonlinear physics (no adjoint: warm starts from x_init), its measurements and x_init."""
+    physics = Physics(A=torch.tanh)
+    y = physics.A(torch.rand(2, 2, size, size, generator=torch.Generator().manual_seed(1)).to(device))
+    return physics, y, torch.full_like(y, 0.5)
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator("cuda").manual_seed(seed)
 
@@ -143,9 +150,7 @@ def test_the_loop_around_the_graph_with_a_nonlinear_physics(name, monkeypatch):
     RED-Diff a per-run state with an empty entry (no A^H y)."""
     monkeypatch.setattr(cuda_graph, "capture_graph", _rerun_instead_of_capture)
     net = _unet()
-    physics = Physics(A=torch.tanh)
-    y = physics.A(torch.rand(2, 2, 16, 16, generator=torch.Generator().manual_seed(1)))
-    x_init = torch.full_like(y, 0.5)
+    physics, y, x_init = _tanh(16, "cpu")
     eager = SAMPLERS[name](net, num_steps=6, sigma_start=0.5)
     graphed = SAMPLERS[name](net, num_steps=6, sigma_start=0.5, cuda_graph=True)
     a, b = (s(y, physics, x_init=x_init, generator=torch.Generator().manual_seed(0)) for s in (eager, graphed))
@@ -193,9 +198,7 @@ def test_replayed_equals_eager_with_a_nonlinear_physics(name):
     """A nonlinear physics: the data gradient's autograd runs inside the captured step."""
     dev = torch.device("cuda")
     net = _unet(dev)
-    physics = Physics(A=torch.tanh)
-    y = physics.A(torch.rand(2, 2, 32, 32, generator=torch.Generator().manual_seed(1)).to(dev))
-    x_init = torch.full_like(y, 0.5)
+    physics, y, x_init = _tanh(32, dev)
     eager = SAMPLERS[name](net, num_steps=8, sigma_start=0.5)
     graphed = SAMPLERS[name](net, num_steps=8, sigma_start=0.5, cuda_graph=True)
     a, b, c = (s(y, physics, x_init=x_init, generator=_gen(0)) for s in (eager, graphed, graphed))

@@ -488,9 +488,7 @@ def _check_batch_size(x_init: torch.Tensor, y: torch.Tensor) -> None:
 
 def check_finite(t: torch.Tensor, name: str) -> None:
     """Raise ``TypeError`` unless ``t`` is a tensor, ``ValueError`` if it holds NaN or infinite values."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not torch.isfinite(t).all():
+    if not _all_finite(t, name):
         raise ValueError(f"{name} contains NaN or infinite values")
 
 

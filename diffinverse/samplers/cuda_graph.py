@@ -60,12 +60,22 @@ class _Capture:
     table_from: tuple[torch.Tensor, int] | None = None  # the table last copied in, and its version
 
 
+def _tensor_dicts(modules: Iterable[torch.nn.Module]) -> list[dict]:
+    """The non-empty parameter and buffer dicts of ``modules``."""
+    return [d for m in modules for d in (m._parameters, m._buffers) if d]
+
+
+def _addresses(dicts: Iterable[dict]) -> tuple[int, ...]:
+    """Addresses of the tensors in ``dicts`` (entries may be ``None``)."""
+    return tuple(t.data_ptr() for d in dicts for t in d.values() if t is not None)
+
+
 def _physics_addresses(obj: Any) -> tuple[int, ...]:
     """Addresses of the tensors a physics holds: for a module, its parameters and buffers, and the
     tensor attributes of it and every submodule, also inside lists, tuples and dicts (a new tensor
     has a new address, also after ``.to()`` or ``.half()``)."""
     modules = list(obj.modules()) if isinstance(obj, torch.nn.Module) else []
-    ptrs = [t.data_ptr() for m in modules for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+    ptrs = list(_addresses(_tensor_dicts(modules)))
     values = [v for owner in (modules or [obj]) for v in getattr(owner, "__dict__", {}).values()]
     while values:
         v = values.pop()
@@ -107,9 +117,9 @@ def _network_addresses(network: Any) -> tuple[int, ...]:
         _counting = True
     found = _network_dicts.get(network)
     if found is None or found[0] != _registrations:
-        found = (_registrations, [d for m in network.modules() for d in (m._parameters, m._buffers) if d])
+        found = (_registrations, _tensor_dicts(network.modules()))
         _network_dicts[network] = found
-    return tuple(t.data_ptr() for d in found[1] for t in d.values() if t is not None)
+    return _addresses(found[1])
 
 
 def _layout(t: torch.Tensor | None) -> tuple | None:
