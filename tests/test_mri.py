@@ -255,3 +255,41 @@ def test_normal_operator_keeps_its_input_layout(g, multi):
         back = op.A_adjoint(y.contiguous(memory_format=torch.channels_last))
         assert back.is_contiguous(memory_format=torch.channels_last) and not back.is_contiguous()
         torch.testing.assert_close(back, op.A_adjoint(y.contiguous()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("per_item_mask", [False, True])
+@pytest.mark.parametrize("shape", [(16, 12), (15, 13)])  # even sizes (real ramps) and odd (complex)
+def test_compact_is_the_same_problem_on_the_sampled_lines(g, multi, per_item_mask, shape):
+    masks = torch.stack([random_lines(shape, 3, 0.2, generator=g) for _ in range(3)]).double()
+    mask = masks if per_item_mask else masks[0]
+    if multi:  # two map sets, per-item maps
+        op = MultiCoilMRI(mask, crandn(3, 2, 4, *shape, g=g))
+        x_shape = (3, 2, 2, *shape)
+    else:
+        op = SingleCoilMRI(mask)
+        x_shape = (3, 2, *shape)
+    y = op.A(torch.randn(x_shape, generator=g, dtype=torch.float64))
+    x = torch.randn(x_shape, generator=g, dtype=torch.float64)
+    lines, y_lines = op.compact(y)
+    sampled = int((masks if per_item_mask else masks[:1]).amax(0)[0].sum())
+    assert y_lines.shape == (*y.shape[:-1], sampled) and sampled < shape[1]
+    # the same data term for every x, the same A^H y, and the same normal operator
+    torch.testing.assert_close((lines.A(x) - y_lines).norm(), (op.A(x) - y).norm(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(lines.A_adjoint(y_lines), op.A_adjoint(y), rtol=0, atol=1e-12)
+    torch.testing.assert_close(lines.A_adjoint(lines.A(x)), op.A_adjoint_A(x), rtol=0, atol=1e-12)
+    assert_adjoint(lines, x_shape, rtol=1e-10)
+
+
+def test_compact_refuses_what_it_cannot_do(g):
+    maps = crandn(4, 8, 8, g=g, dtype=torch.complex64)
+    mask_2d = (torch.rand(8, 8, generator=g) > 0.5).float()
+    assert MultiCoilMRI(mask_2d, maps).compact(torch.zeros(1, 2, 4, 8, 8)) is None  # no lines to keep
+    op = MultiCoilMRI(random_lines((8, 8), 2, 0.25, generator=g), maps)
+    with pytest.raises(ValueError, match="expected 4"):
+        op.compact(torch.zeros(1, 2, 3, 8, 8))
+    lines, y_lines = op.compact(torch.zeros(1, 2, 4, 8, 8))
+    n = y_lines.shape[-1]
+    for bad in (torch.zeros(1, 2, 4, 8, 8), torch.zeros(1, 2, 3, 8, n), y_lines[:, 0]):
+        with pytest.raises(ValueError, match=rf"\(B, 2, C, H, lines\) = \(B, 2, 4, 8, {n}\)"):
+            lines.A_adjoint(bad)

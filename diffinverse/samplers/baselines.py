@@ -168,6 +168,15 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     the distance; pass a smaller ``tol`` there). A fixed count does not suit them all either: 300
     iterations left box inpainting 3.7 dB short with ``tau = sigma``.
 
+    An operator may offer the same problem in a smaller data space: a method ``compact(y)``
+    returning ``(physics', y')`` with ``||A' x - y'|| = ||A x - y||`` for every ``x`` (up to a
+    constant) and ``A'^H y' = A^H y``, or ``None``. The loop then runs on ``(physics', y')``:
+    the same iterates up to float rounding, with less work per iteration. The MRI operators with a
+    line mask offer their sampled lines (:meth:`~diffinverse.operators.mri.MultiCoilMRI.compact`):
+    for 8 slices with 8 coils at 256x256, an iteration took 32.1 instead of 46.4 ms at 4x (random
+    lines) and 27.0 instead of 52.6 ms at 8x (equispaced), 1.44x and 1.95x faster
+    (``benchmarks/bench_tv_compact.py``).
+
     Args:
         y: measurements ``(B, ...)``.
         physics: a deepinv ``LinearPhysics`` (``A`` and ``A_adjoint``).
@@ -204,6 +213,10 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         raise ValueError(f"need finite lam >= 0 and tol >= 0, and num_iters >= 1, got lam={lam}, "
                          f"num_iters={num_iters}, tol={tol}")
     check_finite(y, "y")
+    compact = getattr(physics, "compact", None)
+    reduced = compact(y) if callable(compact) else None
+    if reduced is not None:
+        physics, y = reduced   # the same problem in a smaller data space (see the docstring)
     if x_init is None:
         # A^H y scaled by the exact line search from 0 along it, ||A^H y||^2 / ||A A^H y||^2 per item:
         # about A^H y for MRI (A^H A a projection), while for CT (||A||^2 in the thousands) the
