@@ -63,10 +63,11 @@ Under ``torchrun`` (``WORLD_SIZE``/``RANK`` set), rank ``r`` of ``K`` takes file
 ``metrics.json`` and prints the tables and the summary.
 
 On a GPU the samplers run eagerly; their ``cuda_graph=True`` option is deliberately not offered
-here. It pays on small images (64x64, batch 4: 3.6-5.5x faster on an H200 across runs), but at fastMRI sizes
-(256x256, batch 4) it made a call only about 1.05x faster, and this command builds a new operator
-for every batch of slices (new coil maps), so every batch would be captured anew, at the cost of
-about four eager steps, against the 14 network evaluations of a batch at the default warm start.
+here. It pays on small images (64x64, batch 4: 3.6-5.5x faster on an H200 across runs), but at
+fastMRI sizes (256x256, batch 4) it made a call only about 1.05x faster, and this command builds a
+new operator for every batch of slices (new coil maps), so every batch would be captured anew, at
+the cost of about four eager steps, against the 14 network evaluations of a batch at the default
+warm start.
 
 References:
     Zbontar et al., "fastMRI: An Open Dataset and Benchmarks for Accelerated MRI", 2018.
