@@ -290,17 +290,12 @@ class SingleCoilMRI(_CartesianMRI):
     """
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        _check_real_input(x, "x", 4, "(B, 2, H, W)")
-        self._check_size(x)
-        pre, _ = _ramps(*self.img_shape, x.dtype, x.device)
-        k = torch.fft.fft2(to_complex(x) * pre, norm="ortho")
+        k = torch.fft.fft2(self._ramped_image(x), norm="ortho")
         return to_channels(k * self._kweights(k.dtype)[:, 0])
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        _check_real_input(y, "y", 4, "(B, 2, H, W)")
-        self._check_size(y)
+        k = self._check_data(y)
         pre, _ = _ramps(*self.img_shape, y.dtype, y.device)
-        k = to_complex(y)
         z = torch.fft.ifft2(k * self._kweights(k.dtype, conj=True)[:, 0], norm="ortho") * pre.conj()
         return _to_image(z, y)
 
@@ -334,11 +329,15 @@ class SingleCoilMRI(_CartesianMRI):
         self._check_size(y)
         return to_complex(y)
 
-    def _lines_forward(self, x: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _ramped_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate an image ``(B, 2, H, W)``; return it complex, times the FFT's input ramp."""
         _check_real_input(x, "x", 4, "(B, 2, H, W)")
         self._check_size(x)
         pre, _ = _ramps(*self.img_shape, x.dtype, x.device)
-        k = torch.fft.fft(to_complex(x) * pre, dim=-1, norm="ortho")
+        return to_complex(x) * pre
+
+    def _lines_forward(self, x: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        k = torch.fft.fft(self._ramped_image(x), dim=-1, norm="ortho")
         return torch.index_select(k, -1, cols) * weights[:, None]
 
     def _lines_adjoint(self, k: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -519,11 +518,7 @@ class MultiCoilMRI(_CartesianMRI):
         return to_channels(self._forward_c(self._image_to_complex(x)))
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        _check_real_input(y, "y", 5, f"(B, 2, C={self.num_coils}, H, W)")
-        if y.shape[2] != self.num_coils:
-            raise ValueError(f"y has {y.shape[2]} coils in dim 2, expected {self.num_coils} (as the coil maps)")
-        self._check_size(y)
-        return self._complex_to_image(self._adjoint_c(to_complex(y)))
+        return self._complex_to_image(self._adjoint_c(self._check_data(y)))
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         return self._complex_to_image(self._normal(self._image_to_complex(x)), x)
