@@ -177,9 +177,8 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     constant) and ``A'^H y' = A^H y``, or ``None``. The loop then runs on ``(physics', y')``:
     the same iterates up to float rounding, with less work per iteration. The MRI operators with a
     line mask offer their sampled lines (:meth:`~diffinverse.operators.mri.MultiCoilMRI.compact`):
-    for 8 slices with 8 coils at 256x256, an iteration took 32.1 instead of 46.4 ms at 4x (random
-    lines) and 27.0 instead of 52.6 ms at 8x (equispaced), 1.44x and 1.95x faster
-    (``benchmarks/bench_tv_compact.py``).
+    for 8 slices with 8 coils at 256x256, an iteration was 1.44-1.70x faster at 4x (random lines)
+    and 1.95-2.07x at 8x (equispaced) in two runs (``benchmarks/bench_tv_loop.py --full-kspace``).
 
     Args:
         y: measurements ``(B, ...)``.
