@@ -32,6 +32,20 @@ from diffinverse.operators import (MultiCoilMRI, equispaced_lines, estimate_coil
 from diffinverse.priors import load
 from diffinverse.samplers import DPS, REDDiff, tv_reconstruction
 
+def problem(slices: int, acceleration: int, mask_kind: str, center_fraction: float, seed: int):
+    """``slices`` held-out 256x256 slices, 8 simulated coils, a line mask, k-space noise 0.005 on the
+    sampled lines and ESPIRiT maps per slice: ``(x, y, mask, maps)``."""
+    g = torch.Generator().manual_seed(seed)
+    x = BrainSlices("test", generator=g).sample(slices)                          # (S, 2, 256, 256)
+    shape = tuple(x.shape[-2:])
+    lines = random_lines if mask_kind == "random" else equispaced_lines
+    mask = lines(shape, acceleration, center_fraction, generator=g)
+    y = MultiCoilMRI(mask, simulate_coil_maps(8, shape))(x)
+    y = y + 0.005 * torch.randn(y.shape, generator=g) * mask
+    maps = torch.stack([estimate_coil_maps(to_complex(y)[i], num_maps=1) for i in range(len(x))])
+    return x, y, mask, maps
+
+
 def main() -> None:
     e2e = load_test_module()  # its centre fractions and per-slice scores
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,14 +60,9 @@ def main() -> None:
                     default=["sense", "tv", "dps", "dps-mean", "reddiff"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(args.seed)
-    x = BrainSlices("test", generator=g).sample(args.slices)                      # (S, 2, 256, 256)
+    x, y, mask, maps = problem(args.slices, args.acceleration, args.mask, e2e.CENTER_FRACTION[args.acceleration],
+                               args.seed)
     shape = tuple(x.shape[-2:])
-    lines = random_lines if args.mask == "random" else equispaced_lines
-    mask = lines(shape, args.acceleration, e2e.CENTER_FRACTION[args.acceleration], generator=g)
-    y = MultiCoilMRI(mask, simulate_coil_maps(8, shape))(x)
-    y = y + 0.005 * torch.randn(y.shape, generator=g) * mask
-    maps = torch.stack([estimate_coil_maps(to_complex(y)[i], num_maps=1) for i in range(len(x))])
     physics = MultiCoilMRI(mask, maps)                                             # per-slice maps
     prior = load("mri-brain")
     print(f"# {args.slices} held-out 256x256 slices (seed {args.seed}), 8 coils, {args.acceleration}x "

@@ -26,9 +26,9 @@ import time
 
 import torch
 from bench_end_to_end import load_test_module
+from bench_full_resolution_mri import problem
 
-from diffinverse.datasets.brain import BrainSlices
-from diffinverse.operators import MultiCoilMRI, estimate_coil_maps, random_lines, simulate_coil_maps, to_complex
+from diffinverse.operators import MultiCoilMRI
 from diffinverse.samplers import baselines as bl
 from diffinverse.samplers.baselines import _grad, _grad_adjoint, _magnitude, _norms, _per_item, _sq_norms
 
@@ -106,13 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_full:
-        g = torch.Generator().manual_seed(2000)
-        x = BrainSlices("test", generator=g).sample(2)
-        shape = tuple(x.shape[-2:])
-        mask = random_lines(shape, 4, 0.08, generator=g)
-        y = MultiCoilMRI(mask, simulate_coil_maps(8, shape))(x)
-        y = y + 0.005 * torch.randn(y.shape, generator=g) * mask
-        maps = torch.stack([estimate_coil_maps(to_complex(y)[i], num_maps=1) for i in range(len(x))])
+        _, y, mask, maps = problem(2, 4, "random", 0.08, seed=2000)
         compare("256x256 8-coil 4x random, 2 slices", y, MultiCoilMRI(mask, maps), 0.001, args.iters)
     e2e = load_test_module()
     for task in args.tasks:
