@@ -16,10 +16,8 @@ import statistics
 import time
 
 import torch
+from profile_graph_call import problem
 
-from diffinverse.operators.masks import random_lines
-from diffinverse.operators.mri import SingleCoilMRI
-from diffinverse.priors.checkpoints import load
 from diffinverse.samplers import DPS, REDDiff, base, cuda_graph
 
 marks: list[tuple[str, float]] = []
@@ -38,9 +36,7 @@ def _wrap(owner, attr: str) -> None:
 
 def main() -> None:
     dev = torch.device("cuda")
-    prior = load("mri-brain", device=dev)
-    physics = SingleCoilMRI(random_lines((64, 64), 4, 0.08, generator=torch.Generator().manual_seed(0)).to(dev))
-    y = physics.A(torch.randn(4, 2, 64, 64, device=dev))
+    prior, physics, y = problem(dev)
     for owner, attr in ((base, "_all_finite"), (base, "_state_like"), (cuda_graph, "capture_key"),
                         (cuda_graph, "_refill"), (physics, "A_dagger"), (physics, "A_adjoint")):
         _wrap(owner, attr)

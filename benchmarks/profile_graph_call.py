@@ -25,12 +25,17 @@ from diffinverse.priors.checkpoints import load
 from diffinverse.samplers import DPS, REDDiff
 
 
+def problem(dev: torch.device):
+    """The shipped ``mri-brain`` prior, a 4x single-coil operator at 64x64 and a batch of 4
+    measurements on ``dev``: ``(prior, physics, y)``."""
+    prior = load("mri-brain", device=dev)
+    physics = SingleCoilMRI(random_lines((64, 64), 4, 0.08, generator=torch.Generator().manual_seed(0)).to(dev))
+    return prior, physics, physics.A(torch.randn(4, 2, 64, 64, device=dev))
+
+
 def main() -> None:
     dev = torch.device("cuda")
-    prior = load("mri-brain", device=dev)
-    x = torch.randn(4, 2, 64, 64, device=dev)
-    physics = SingleCoilMRI(random_lines((64, 64), 4, 0.08, generator=torch.Generator().manual_seed(0)).to(dev))
-    y = physics.A(x)
+    prior, physics, y = problem(dev)
     for cls in (REDDiff, DPS):
         for n in (1, 20):
             sampler = cls(prior, num_steps=n, progress=False, cuda_graph=True)
