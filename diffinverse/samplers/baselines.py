@@ -227,7 +227,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         # 31.6 dB against 34.1 dB converged)
         x = physics.A_adjoint(y)
         alpha = _sq_norms(x) / _sq_norms(physics.A(x)).clamp_min(1e-30)
-        x = alpha.reshape(-1, *([1] * (x.ndim - 1))) * x
+        x = _per_item(alpha, x) * x
     else:
         check_finite(x_init, "x_init")
         x = x_init.clone()
