@@ -269,7 +269,8 @@ class _CartesianMRI(LinearPhysics):
         # y' = U^H y with U = diag(post_h) F_H (see the module notes), on the sampled columns only
         lines = torch.fft.ifft(torch.index_select(y, -1, cols) * post_h.to(y.device, y.dtype).conj()[:, None],
                                dim=-2, norm="ortho")
-        weights = line_mask[:, cols].double() * post_w                  # (Bm, n): mask and output ramp
+        # (Bm, n): mask and output ramp, in the data's precision (a call in another one casts them)
+        weights = (line_mask[:, cols].double() * post_w).to(lines.dtype)
         return _SampledLines(self, cols, weights), to_channels(lines)
 
 
@@ -607,7 +608,7 @@ class _SampledLines(LinearPhysics):
         super().__init__()
         self.op = op
         self.register_buffer("cols", cols)
-        self.register_buffer("weights", weights)   # (Bm, n), complex or float64: cast per call
+        self.register_buffer("weights", weights)   # (Bm, n), complex
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
