@@ -1,18 +1,22 @@
-"""Cost of one network call of a shipped prior under the sampler's options: memory format and compile.
+"""Cost of one network call of a shipped prior under the sampler's options: memory format, bf16 autocast
+and compile.
 
 For the shipped ``mri-brain`` UNet (1.53M parameters) at 64x64 (batch 8) and 256x256 (batch 1),
 times one forward (RED-Diff's call, under ``inference_mode``) and one forward+backward (DPS's call)
 with contiguous (NCHW) inputs and with channels-last inputs, interleaved over ``--repeats`` rounds
 (minimum of each; machines here are noisy, so only the ratios measured side by side in one run
-mean anything). ``--compile`` adds ``torch.compile`` of the prior (compilation time excluded).
+mean anything). ``--autocast`` adds channels-last input under bf16 autocast (the samplers'
+``autocast=True``), and prints the largest difference of its forward output from float32's;
+``--compile`` adds ``torch.compile`` of the prior (compilation time excluded).
 
 Usage::
 
-    python benchmarks/bench_network_call.py --threads 2 --repeats 5
+    python benchmarks/bench_network_call.py --threads 2 --repeats 5 [--autocast]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -21,12 +25,14 @@ import torch
 from diffinverse.priors import load
 
 
-def _call(prior, x, sigma, backward):
+def _call(prior, x, sigma, backward, bf16=False):
+    cast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     if not backward:
-        with torch.inference_mode():
-            return prior(x, sigma)
+        with torch.inference_mode(), cast:
+            return prior(x, sigma).to(x.dtype)
     x = x.detach().requires_grad_(True)
-    out = prior(x, sigma)
+    with cast:
+        out = prior(x, sigma).to(x.dtype)
     (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
     return g
 
@@ -36,27 +42,35 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--autocast", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     prior = load("mri-brain", device=dev).eval().requires_grad_(False)
-    variants = {"contiguous": (prior, torch.contiguous_format), "channels_last": (prior, torch.channels_last)}
+    variants = {"contiguous": (prior, torch.contiguous_format, False),
+                "channels_last": (prior, torch.channels_last, False)}
+    if args.autocast:
+        variants["channels_last_bf16"] = (prior, torch.channels_last, True)
     if args.compile:
-        variants["compiled"] = (torch.compile(prior), torch.contiguous_format)
+        variants["compiled"] = (torch.compile(prior), torch.contiguous_format, False)
     rows = []
     for size, batch in ((64, 8), (256, 1)):
         x0 = torch.randn(batch, 2, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+        if args.autocast:
+            x = x0.contiguous(memory_format=torch.channels_last)
+            error = (_call(prior, x, 0.3, False, True) - _call(prior, x, 0.3, False)).abs().max().item()
+            print(f"{size}x{size}: bf16 forward differs from float32 by at most {error:.2g}")
         for backward in (False, True):
             best = {k: float("inf") for k in variants}
             for r in range(args.repeats + 1):  # round 0 warms up (and compiles)
-                for name, (net, fmt) in variants.items():
+                for name, (net, fmt, bf16) in variants.items():
                     x = x0.contiguous(memory_format=fmt)
                     if dev.type == "cuda":
                         torch.cuda.synchronize()
                     t = time.perf_counter()
-                    _call(net, x, 0.3, backward)
+                    _call(net, x, 0.3, backward, bf16)
                     if dev.type == "cuda":
                         torch.cuda.synchronize()
                     if r:

@@ -40,7 +40,7 @@ What it does, per file (read lazily, a batch of slices at a time):
    units of ``reconstruction_rss``).
 6. **Sampling**: the diffusion sampler warm-starts from that image (``--warm-start tv``: from the
    TV reconstruction) plus noise at ``--sigma-start`` (Come-Closer-Diffuse-Faster) and runs
-   ``--steps`` steps; with
+   ``--steps`` steps (``--bf16``: its network in bfloat16, the rest in float32); with
    ``--num-samples N > 1`` the reconstruction is the magnitude of the posterior mean and ``std``
    the per-pixel standard deviation of the samples' magnitudes.
 7. **Outputs** in ``--output``, each written atomically (temporary file in the same directory,
@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"RED-Diff Adam step in scaled units (default: {DIFFUSION['reddiff']['kwargs']['lr']:g})")
     p.add_argument("--lam", type=float, default=None,
                    help=f"RED-Diff prior weight lambda (default: {DIFFUSION['reddiff']['kwargs']['lam']:g})")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the prior's network in bfloat16 (autocast; diffusion samplers only): faster where "
+                        "the hardware has bf16 units (CPUs with AVX512-BF16 or AMX, recent GPUs); PSNR within "
+                        "0.012 dB of float32 in the benchmarks")
     p.add_argument("--num-samples", type=int, default=1, help="posterior samples per slice; >1 also writes std")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks and the samplers (default: 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -209,8 +213,10 @@ def _check_options(args: argparse.Namespace) -> None:
         in_range = value >= 0 if option == "lam" else value > 0
         if not (math.isfinite(value) and in_range):
             raise ConfigError(f"--{option} must be {'>= 0' if option == 'lam' else 'positive'}, got {value}")
-    if args.warm_start is not None and args.sampler not in DIFFUSION:
-        raise ConfigError(f"--warm-start applies to the diffusion samplers ({', '.join(DIFFUSION)}), not {args.sampler}")
+    for option in ("warm_start", "bf16"):
+        if getattr(args, option) and args.sampler not in DIFFUSION:
+            raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
+                              f"({', '.join(DIFFUSION)}), not {args.sampler}")
     if args.slices is not None:
         _parse_slices(args.slices, 10**9)
     if args.sigma_start is not None and args.sigma_start.lower() != "none":
@@ -384,7 +390,7 @@ class _Method:
             self.steps = args.steps or spec["steps"]
             kwargs = {**spec["kwargs"], **{k: getattr(args, k) for k, sampler in SAMPLER_OPTIONS.items()
                                            if sampler == self.name and getattr(args, k) is not None}}
-            self.sampler = spec["cls"](self.prior, num_steps=self.steps, progress=False, **kwargs)
+            self.sampler = spec["cls"](self.prior, num_steps=self.steps, progress=False, autocast=args.bf16, **kwargs)
             self.warm_start = args.warm_start or spec["warm_start"]
             start = spec["sigma_start"] if args.sigma_start is None else args.sigma_start
             self.sigma_start = None if str(start).lower() == "none" else float(start)
@@ -399,7 +405,8 @@ class _Method:
             return self.name
         start = ("cold start" if self.sigma_start is None
                  else f"warm start from {self.warm_start} at sigma {self.sigma_start:g}")
-        return f"{self.name} ({self.steps} steps, {start}, {self.num_samples} sample(s))"
+        network = ", network in bf16" if self.sampler.autocast else ""
+        return f"{self.name} ({self.steps} steps, {start}, {self.num_samples} sample(s){network})"
 
 
 def _load_prior(name: str, device: torch.device):
