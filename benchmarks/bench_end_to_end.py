@@ -166,12 +166,18 @@ def plot(curves, path):
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_problem_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options that choose the images of the test's tasks, and the CPU threads."""
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--seed", type=int, default=2000, help="held-out images, masks, noise (test: 0, tuning: 1000)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tasks", default="", help="comma-separated tasks of the table (default: all)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_problem_arguments(ap)
     ap.add_argument("--dps-steps", default="20,40,80")
     ap.add_argument("--red-steps", default="20,40,80,160")
     ap.add_argument("--deepinv-steps", default="10,25")
@@ -180,7 +186,6 @@ def main() -> None:
     ap.add_argument("--json", default=str(HERE / "bench_end_to_end.json"))
     ap.add_argument("--time-study-only", action="store_true", help="skip the task table")
     ap.add_argument("--table-only", action="store_true", help="skip the time study")
-    ap.add_argument("--tasks", default="", help="comma-separated tasks of the table (default: all)")
     ap.add_argument("--plot", default=str(HERE / "psnr_vs_time.png"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
