@@ -12,11 +12,12 @@ defaults (tuned on its demo file), TV the 8-coil end-to-end tasks' weight 0.001 
 Prints mean PSNR / SSIM of the magnitude over the slices (each slice its own image) and the wall
 time per slice of each method; DPS also as the mean of ``--samples`` posterior samples. ``tv`` solves
 all slices as one batch (which stops when the slowest converges), ``tv-per-slice`` one slice at a
-time, as the command line does.
+time, as the command line does. ``--bf16`` runs the samplers' network in bfloat16 (``autocast``,
+the command line's ``--bf16``).
 
 Usage:
     python benchmarks/bench_full_resolution_mri.py [--slices 8] [--acceleration 4] [--mask random]
-        [--methods sense tv tv-per-slice dps dps-mean reddiff]
+        [--methods sense tv tv-per-slice dps dps-mean reddiff] [--bf16]
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--tv-tol", type=float, default=1e-5, help="tol of tv-per-slice (tv: the default 1e-5)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="the samplers' network in bfloat16 (autocast)")
     ap.add_argument("--methods", nargs="+", choices=["sense", "tv", "tv-per-slice", "dps", "dps-mean", "reddiff"],
                     default=["sense", "tv", "dps", "dps-mean", "reddiff"])
     args = ap.parse_args()
@@ -66,10 +68,11 @@ def main() -> None:
     physics = MultiCoilMRI(mask, maps)                                             # per-slice maps
     prior = load("mri-brain")
     print(f"# {args.slices} held-out 256x256 slices (seed {args.seed}), 8 coils, {args.acceleration}x "
-          f"{args.mask} lines ({int(mask[0].sum())} of {shape[1]}), noise 0.005", flush=True)
+          f"{args.mask} lines ({int(mask[0].sum())} of {shape[1]}), noise 0.005"
+          f"{', samplers in bf16' if args.bf16 else ''}", flush=True)
     per_slice = 1.0 / len(x)
-    dps = DPS(prior, num_steps=50, zeta=4.0, sigma_start=0.2, progress=False)
-    red = REDDiff(prior, num_steps=50, lr=0.05, lam=0.01, sigma_start=0.2, progress=False)
+    dps = DPS(prior, num_steps=50, zeta=4.0, sigma_start=0.2, progress=False, autocast=args.bf16)
+    red = REDDiff(prior, num_steps=50, lr=0.05, lam=0.01, sigma_start=0.2, progress=False, autocast=args.bf16)
     seed = lambda: torch.Generator().manual_seed(1)
     stacked = lambda p, n: MultiCoilMRI(mask, p.coil_maps.repeat(n, 1, 1, 1, 1))
     methods = {

@@ -405,7 +405,8 @@ def test_autocast_runs_the_network_in_bf16():
     assert outs[True].dtype == torch.float32
     assert torch.allclose(outs[True], outs[False], atol=0.05) and not torch.equal(outs[True], outs[False])
     # bf16 runs are reproducible from the seed too
-    again = REDDiff(net, num_steps=5, autocast=True, progress=False)(y, physics, generator=torch.Generator().manual_seed(0))
+    again = REDDiff(net, num_steps=5, autocast=True, progress=False)(
+        y, physics, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, outs[True])
 
 

@@ -73,6 +73,33 @@ def test_channels_last_and_autocast_within_tolerance():
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 
+def test_a_large_cpu_batch_runs_in_parts_with_each_image_as_alone(monkeypatch):
+    # above the activation budget the batch is split: calls of at most budget / (widest activation
+    # per image) images, and each image's estimate and gradient are those of a call on it alone
+    import diffinverse.priors.unet as unet
+
+    prior = _randomise(_tiny(channels=2))
+    x, sigma = torch.randn(5, 2, 16, 16), torch.tensor([0.05, 0.3, 1.0, 3.0, 20.0])
+    widest = 3 * 8 * 16 * 16 * 4  # 3 * base_channels * channel_mult[0] channels of float32 at 16x16
+    calls = []
+    prior.net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    monkeypatch.setattr(unet, "_CPU_ACTIVATION_BUDGET", 2 * widest + 1)
+    xg = x.clone().requires_grad_(True)
+    out = prior(xg, sigma)
+    (grad,) = torch.autograd.grad(out.square().sum(), xg)
+    assert calls == [2, 2, 1]
+    for i in range(5):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        out_i = prior(xi, sigma[i:i + 1])
+        (grad_i,) = torch.autograd.grad(out_i.square().sum(), xi)
+        torch.testing.assert_close(out[i:i + 1], out_i, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad[i:i + 1], grad_i, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    monkeypatch.setattr(unet, "_CPU_ACTIVATION_BUDGET", 5 * widest)
+    prior(x, sigma)
+    assert calls == [5]
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="channels must be 1 or 2"):
         UNet(channels=3)

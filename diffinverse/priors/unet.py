@@ -32,6 +32,13 @@ from diffinverse.priors.base import Prior, sigma_like
 
 __all__ = ["UNet", "UNetNet"]
 
+# On the CPU a batch is denoised in parts whose widest activation (full resolution, the up path's
+# first block: about 3 * base_channels channels) holds at most this many bytes. glibc's malloc
+# serves blocks above 32 MiB with fresh mmap'd pages that the kernel zero-fills on first touch, at
+# every call: 8 images of 256x256 in one call took 2.4x (forward) and 1.8x (forward+backward) as
+# long per image as one image per call (``benchmarks/bench_network_call.py --batch-split``).
+_CPU_ACTIVATION_BUDGET = 16 << 20
+
 
 def _groups(ch: int) -> int:
     """Number of GroupNorm groups: 8 where it divides ``ch`` (else the largest divisor below)."""
@@ -224,9 +231,22 @@ class UNet(Prior):
                              f"and x_init) to {weight.dtype}, or the prior with prior.to({x.dtype})")
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Tweedie mean ``D(x, sigma)`` for ``x: (B, C, H, W)`` and ``sigma: (B,)``."""
+        """Tweedie mean ``D(x, sigma)`` for ``x: (B, C, H, W)`` and ``sigma: (B,)``.
+
+        On the CPU a large batch runs as several network calls (see ``_CPU_ACTIVATION_BUDGET``):
+        the same estimate per image, up to float rounding.
+        """
         if x.ndim != 4:
             raise ValueError(f"UNet expects images (B, C, H, W), got shape {tuple(x.shape)}")
+        per_call = x.shape[0]
+        if x.device.type == "cpu":
+            widest = 3 * self.config["base_channels"] * self.config["channel_mult"][0] * x[0, 0].numel() * 4
+            per_call = max(1, _CPU_ACTIVATION_BUDGET // widest)
+        if per_call < x.shape[0]:
+            return torch.cat([self._denoise(part, s) for part, s in zip(x.split(per_call), sigma.split(per_call))])
+        return self._denoise(x, sigma)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = sigma.to(torch.float32)
         sd = self.sigma_data
         s4 = sigma_like(s, x)
