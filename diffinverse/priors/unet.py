@@ -240,7 +240,8 @@ class UNet(Prior):
             raise ValueError(f"UNet expects images (B, C, H, W), got shape {tuple(x.shape)}")
         per_call = x.shape[0]
         if x.device.type == "cpu":
-            widest = 3 * self.config["base_channels"] * self.config["channel_mult"][0] * x[0, 0].numel() * 4
+            widest = (3 * self.config["base_channels"] * self.config["channel_mult"][0] * x.shape[-2] * x.shape[-1]
+                      * x.element_size())
             per_call = max(1, _CPU_ACTIVATION_BUDGET // widest)
         if per_call < x.shape[0]:
             return torch.cat([self._denoise(part, s) for part, s in zip(x.split(per_call), sigma.split(per_call))])
