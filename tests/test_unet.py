@@ -88,6 +88,8 @@ def test_a_large_cpu_batch_runs_in_parts_with_each_image_as_alone(monkeypatch):
     out = prior(xg, sigma)
     (grad,) = torch.autograd.grad(out.square().sum(), xg)
     assert calls == [2, 2, 1]
+    # a direct denoise call with one broadcast noise level covers the whole batch too
+    torch.testing.assert_close(prior.denoise(x, torch.tensor(0.3)), prior(x, 0.3))
     for i in range(5):
         xi = x[i:i + 1].clone().requires_grad_(True)
         out_i = prior(xi, sigma[i:i + 1])

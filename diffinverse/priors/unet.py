@@ -244,6 +244,7 @@ class UNet(Prior):
                       * x.element_size())
             per_call = max(1, _CPU_ACTIVATION_BUDGET // widest)
         if per_call < x.shape[0]:
+            sigma = sigma.expand(x.shape[0])  # (a broadcastable sigma of a direct call: one level per part)
             return torch.cat([self._denoise(part, s) for part, s in zip(x.split(per_call), sigma.split(per_call))])
         return self._denoise(x, sigma)
 
