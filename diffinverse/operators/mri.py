@@ -459,10 +459,9 @@ class MultiCoilMRI(_CartesianMRI):
         """Yield ``(slice, maps, maps_conj, normal_w, kmask, kmask_conj)`` for each batch chunk."""
         dtype = torch.promote_types(t.dtype, self._maps.dtype)
         for sl in self._chunks(b, t.dtype, t.device, budget):
-            def pick(buf):
-                return buf if buf.shape[0] == 1 else buf[sl]
-            yield (sl, pick(self._maps), pick(self._maps_conj), pick(self._in_precision("_normal_w", dtype)),
-                   pick(self._kweights(dtype)), pick(self._kweights(dtype, conj=True)))
+            yield (sl, *(_batch_rows(buf, sl) for buf in (self._maps, self._maps_conj,
+                                                           self._in_precision("_normal_w", dtype),
+                                                           self._kweights(dtype), self._kweights(dtype, conj=True))))
 
     def _forward_c(self, z: torch.Tensor) -> torch.Tensor:
         chunks = list(self._per_chunk(z.shape[0], z))
