@@ -179,6 +179,28 @@ def test_warm_start_errors(prior, problem):
     assert out.shape == x0.shape
 
 
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_inputs_that_do_not_fit_the_physics_are_named(name, prior, problem):
+    """A warm start of the wrong shape, an x_shape the run would not use and a physics that is
+    not one are refused before any network call, each with a message naming the argument."""
+    physics, x0, y = problem
+    calls = []
+    sampler = SAMPLERS[name](prior, num_steps=5, callback=lambda *a: calls.append(a))
+    with pytest.raises(ValueError, match=r"x_init has shape \(2, 1, 4, 3\), but the physics' images "
+                                         r"\(A\^H y\) have shape \(2, 1, 4, 4\)"):
+        sampler(y, physics, x_init=x0[..., :3], sigma_start=0.5)
+    # x_shape only shapes a cold start's noise: given beside x_init, it must agree with it
+    with pytest.raises(ValueError, match=r"x_shape \(2, 1, 4, 5\) is not the shape of the initial state"):
+        sampler(y, physics, x_init=x0, sigma_start=0.5, x_shape=(2, 1, 4, 5))
+    with pytest.raises(TypeError, match="physics must be a deepinv Physics.*got NoneType"):
+        sampler(y, None)
+    with pytest.raises(TypeError, match="physics must be a deepinv Physics.*got str"):
+        sampler.posterior(y, "mri", num_samples=2)
+    assert calls == []
+    out = sampler(y, physics, x_init=x0, sigma_start=0.5, x_shape=tuple(x0.shape))
+    assert out.shape == x0.shape
+
+
 def test_posterior_batched_agrees_with_sequential(prior, problem):
     """posterior() in one batch vs one sample at a time (max_batch=1 is N sequential runs):
     same shapes, the item order is kept, and the moments agree statistically."""

@@ -352,18 +352,22 @@ class DiffusionSampler:
             The reconstruction, shaped like ``x`` (e.g. ``physics.A_adjoint(y)``).
 
         Raises:
-            TypeError: if ``generator`` is not a ``torch.Generator`` (or ``None``).
+            TypeError: if ``generator`` is not a ``torch.Generator`` (or ``None``), or ``physics``
+                has no forward operator ``A``.
             ValueError: if ``y`` or ``x_init`` contains NaN or infinite values (checked before the
-                first step; an operator may refuse them earlier, e.g. in ``A_dagger``), or (from the prior)
-                the state's dtype or device is not the network's.
+                first step; an operator may refuse them earlier, e.g. in ``A_dagger``), ``x_init``
+                is not shaped like ``A^H y`` (linear physics) or has another batch size than ``y``,
+                ``x_shape`` is not the initial state's shape, or (from the prior) the state's dtype
+                or device is not the network's.
             FloatingPointError: if the reconstruction is not finite (the iteration diverged).
         """
         # the checks run on the inputs' device and are read before the first step: on a GPU the
         # set-up below is queued meanwhile instead of waiting for them
         finite = {"y": _all_finite(y, "y")}
+        _check_physics(physics)
         if x_init is not None:
             finite["x_init"] = _all_finite(x_init, "x_init")
-            _check_batch_size(x_init, y)
+            _check_x_init(x_init, y, physics)
         sigma_start = self.sigma_start if sigma_start is None else sigma_start
         levels = self.schedule_for(sigma_start).tolist()
         generator = _generator(generator, y.device)
@@ -371,6 +375,9 @@ class DiffusionSampler:
         if warm and x_init is None:
             x_init = physics.A_dagger(y).detach()
         x = self.init_x(y, physics, x_init, levels[0], warm, generator, x_shape)
+        if x_shape is not None and tuple(x.shape) != tuple(x_shape):
+            raise ValueError(f"x_shape {tuple(x_shape)} is not the shape of the initial state, {tuple(x.shape)} "
+                             f"(from x_init or physics.A_dagger(y))")
         x = x.contiguous(memory_format=self.state_format(x))
         state = self.init_state(x, y, physics)
         table, draws = self._scalar_table(levels, x, y)
@@ -439,6 +446,7 @@ class DiffusionSampler:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         generator = _generator(generator, y.device)
+        _check_physics(physics)
         b = y.shape[0]
         per_chunk = num_samples if max_batch is None else max(1, min(num_samples, max_batch // b))
         sigma_start = self.sigma_start if sigma_start is None else sigma_start
@@ -485,9 +493,21 @@ def _all_finite(t: torch.Tensor, name: str) -> torch.Tensor:
     return torch.isfinite(t).all()
 
 
-def _check_batch_size(x_init: torch.Tensor, y: torch.Tensor) -> None:
+def _check_physics(physics) -> None:
+    if not callable(getattr(physics, "A", None)):
+        raise TypeError(f"physics must be a deepinv Physics (with a forward operator A), got {type(physics).__name__}")
+
+
+def _check_x_init(x_init: torch.Tensor, y: torch.Tensor, physics) -> None:
+    """Raise ``ValueError`` unless ``x_init`` has ``y``'s batch size and, for a linear physics, the
+    shape of ``A^H y`` (a nonlinear physics checks its input itself, at its first call)."""
     if x_init.shape[0] != y.shape[0]:
         raise ValueError(f"x_init has batch size {x_init.shape[0]}, y has {y.shape[0]}")
+    if isinstance(physics, LinearPhysics):
+        with torch.no_grad():
+            shape = tuple(physics.A_adjoint(y).shape)
+        if tuple(x_init.shape) != shape:
+            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, but the physics' images (A^H y) have shape {shape}")
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:
@@ -515,7 +535,7 @@ def _state_like(y: torch.Tensor, physics, x_init: torch.Tensor | None,
                 x_shape: Sequence[int] | None) -> torch.Tensor:
     """An (uninitialised) tensor with the state's shape, dtype and device."""
     if x_init is not None:
-        _check_batch_size(x_init, y)
+        _check_x_init(x_init, y, physics)
         return torch.empty_like(x_init)
     if x_shape is not None:
         return torch.empty(tuple(x_shape), dtype=y.dtype if y.is_floating_point() else torch.float32,
