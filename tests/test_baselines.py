@@ -240,6 +240,11 @@ def test_other_baselines_and_errors():
         tv_reconstruction(y_bad, physics)
     with pytest.raises(ValueError, match="x_init contains NaN or infinite values"):
         tv_reconstruction(y, physics, x_init=torch.full_like(x, float("inf")))
+    with pytest.raises(ValueError, match="power_iters >= 1"):
+        tv_reconstruction(y, physics, power_iters=0)
+    for shape in ((2, 2, 16, 16), (1, 2, 16, 15)):
+        with pytest.raises(ValueError, match=r"x_init has (batch size 2, y has 1|shape \(1, 2, 16, 15\))"):
+            tv_reconstruction(y, physics, x_init=torch.zeros(shape))
     broken = dinv.physics.LinearPhysics(A=lambda v: v * float("nan"), A_adjoint=lambda v: v * float("nan"))
     with pytest.raises(FloatingPointError, match="tv_reconstruction diverged"):
         tv_reconstruction(x, broken)  # finite input, an operator that returns NaN

@@ -367,7 +367,7 @@ class DiffusionSampler:
         _check_physics(physics)
         if x_init is not None:
             finite["x_init"] = _all_finite(x_init, "x_init")
-            _check_x_init(x_init, y, physics)
+            check_x_init(x_init, y, physics)
         sigma_start = self.sigma_start if sigma_start is None else sigma_start
         levels = self.schedule_for(sigma_start).tolist()
         generator = _generator(generator, y.device)
@@ -498,7 +498,7 @@ def _check_physics(physics) -> None:
         raise TypeError(f"physics must be a deepinv Physics (with a forward operator A), got {type(physics).__name__}")
 
 
-def _check_x_init(x_init: torch.Tensor, y: torch.Tensor, physics) -> None:
+def check_x_init(x_init: torch.Tensor, y: torch.Tensor, physics) -> None:
     """Raise ``ValueError`` unless ``x_init`` has ``y``'s batch size and, for a linear physics, the
     shape of ``A^H y`` (a nonlinear physics checks its input itself, at its first call)."""
     if x_init.shape[0] != y.shape[0]:
@@ -535,7 +535,7 @@ def _state_like(y: torch.Tensor, physics, x_init: torch.Tensor | None,
                 x_shape: Sequence[int] | None) -> torch.Tensor:
     """An (uninitialised) tensor with the state's shape, dtype and device."""
     if x_init is not None:
-        _check_x_init(x_init, y, physics)
+        check_x_init(x_init, y, physics)
         return torch.empty_like(x_init)
     if x_shape is not None:
         return torch.empty(tuple(x_shape), dtype=y.dtype if y.is_floating_point() else torch.float32,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from deepinv.physics import LinearPhysics
 
-from diffinverse.samplers.base import check_finite
+from diffinverse.samplers.base import check_finite, check_x_init
 
 __all__ = ["zero_filled", "sense", "fbp", "tv_reconstruction", "tv_objective", "total_variation"]
 
@@ -198,8 +198,9 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
 
     Raises:
         TypeError: if ``physics`` is not linear, or ``y`` / ``x_init`` is not a tensor.
-        ValueError: if ``lam`` or ``tol`` is negative or not finite, ``num_iters < 1``, or ``y`` /
-            ``x_init`` contains NaN or infinite values.
+        ValueError: if ``lam`` or ``tol`` is negative or not finite, ``num_iters`` or
+            ``power_iters`` is below 1, ``y`` / ``x_init`` contains NaN or infinite values, or
+            ``x_init`` is not shaped like ``A^H y``.
         FloatingPointError: if the reconstruction is not finite.
 
     Warns:
@@ -212,9 +213,10 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     """
     if not isinstance(physics, LinearPhysics):
         raise TypeError(f"tv_reconstruction needs a deepinv LinearPhysics, got {type(physics).__name__}")
-    if not (math.isfinite(lam) and lam >= 0 and num_iters >= 1 and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"need finite lam >= 0 and tol >= 0, and num_iters >= 1, got lam={lam}, "
-                         f"num_iters={num_iters}, tol={tol}")
+    if not (math.isfinite(lam) and lam >= 0 and num_iters >= 1 and math.isfinite(tol) and tol >= 0
+            and power_iters >= 1):
+        raise ValueError(f"need finite lam >= 0 and tol >= 0, num_iters >= 1 and power_iters >= 1, got lam={lam}, "
+                         f"num_iters={num_iters}, tol={tol}, power_iters={power_iters}")
     check_finite(y, "y")
     compact = getattr(physics, "compact", None)
     reduced = compact(y) if callable(compact) else None
@@ -230,6 +232,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         x = _per_item(alpha, x) * x
     else:
         check_finite(x_init, "x_init")
+        check_x_init(x_init, y, physics)
         x = x_init.clone()
     s = _spatial(x, spatial_dims)
     grad_norm_sq, a_norm_sq = 4.0 * s, _op_norm_sq(physics, x, power_iters)
