@@ -1,20 +1,21 @@
 """Cost of one network call of a shipped prior under the sampler's options: memory format, bf16 autocast,
 compile, and the UNet's batch split on the CPU.
 
-For the shipped ``mri-brain`` UNet (1.53M parameters) at 64x64 (batch 8) and 256x256 (batch 1),
-times one forward (RED-Diff's call, under ``inference_mode``) and one forward+backward (DPS's call)
-with contiguous (NCHW) inputs and with channels-last inputs, interleaved over ``--repeats`` rounds
-(minimum of each; machines here are noisy, so only the ratios measured side by side in one run
-mean anything), and counts the minor page faults of a call. ``--autocast`` adds channels-last
-input under bf16 autocast (the samplers' ``autocast=True``), and prints the largest difference of
-its forward output from float32's; ``--compile`` adds ``torch.compile`` of the prior (compilation
+For a shipped UNet (``--prior``, default ``mri-brain``, 1.53M parameters) at 64x64 (batch 8) and
+256x256 (batch 1), times one forward (RED-Diff's call, under ``inference_mode``) and one
+forward+backward (DPS's call) with contiguous (NCHW) inputs and with channels-last inputs (the
+samplers' :func:`~diffinverse.samplers.base.in_layout`, which also gives a 1-channel image
+channels-last strides), interleaved over ``--repeats`` rounds (minimum of each; machines here are
+noisy, so only the ratios measured side by side in one run mean anything), and counts the minor
+page faults of a call. ``--autocast`` adds both layouts under bf16 autocast (the samplers'
+``autocast=True``), and prints the largest difference of its forward output from float32's; ``--compile`` adds ``torch.compile`` of the prior (compilation
 time excluded). ``--batch-split`` instead compares, on batches of 256x256 and 128x128 images, the
 UNet's default on the CPU (a batch split into parts, see ``diffinverse/priors/unet.py``) with one
 call on the whole batch.
 
 Usage::
 
-    python benchmarks/bench_network_call.py --threads 2 --repeats 5 [--autocast | --batch-split]
+    python benchmarks/bench_network_call.py --threads 2 --repeats 5 [--prior ct-ellipses] [--autocast | --batch-split]
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import time
 import torch
 
 from diffinverse.priors import load, unet
+from diffinverse.samplers.base import in_layout
 
 
 def _call(prior, x, sigma, backward, bf16=False, one_call=False):
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prior", default="mri-brain", choices=["mri-brain", "ct-ellipses"])
     ap.add_argument("--autocast", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--batch-split", action="store_true")
@@ -62,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    prior = load("mri-brain", device=dev).eval().requires_grad_(False)
+    prior = load(args.prior, device=dev).eval().requires_grad_(False)
     # name: (network, input layout, bf16, one call on the whole batch); speed-ups are against the first
     variants = {"contiguous": (prior, torch.contiguous_format, False, False),
                 "channels_last": (prior, torch.channels_last, False, False)}
@@ -72,6 +75,7 @@ def main() -> None:
                     "split": (prior, torch.channels_last, False, False)}
         problems = ((256, 8), (256, 4), (128, 16))
     if args.autocast:
+        variants["contiguous_bf16"] = (prior, torch.contiguous_format, True, False)
         variants["channels_last_bf16"] = (prior, torch.channels_last, True, False)
     if args.compile:
         variants["compiled"] = (torch.compile(prior), torch.contiguous_format, False, False)
@@ -80,16 +84,16 @@ def main() -> None:
     first = next(iter(variants))
     rows = []
     for size, batch in problems:
-        x0 = torch.randn(batch, 2, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+        x0 = torch.randn(batch, prior.channels, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
         if args.autocast:
-            x = x0.contiguous(memory_format=torch.channels_last)
+            x = in_layout(x0, torch.channels_last)
             error = (_call(prior, x, 0.3, False, True) - _call(prior, x, 0.3, False)).abs().max().item()
             print(f"{size}x{size}: bf16 forward differs from float32 by at most {error:.2g}")
         for backward in (False, True):
             best, faults = {k: float("inf") for k in variants}, {}
             for r in range(args.repeats + 1):  # round 0 warms up (and compiles)
                 for name, (net, fmt, bf16, one_call) in variants.items():
-                    x = x0.contiguous(memory_format=fmt)
+                    x = in_layout(x0, fmt)
                     if dev.type == "cuda":
                         torch.cuda.synchronize()
                     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

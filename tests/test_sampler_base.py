@@ -436,33 +436,44 @@ class _SmallUNetLike(torch.nn.Module):
     """Two convolutions: enough for memory formats and compilation to matter."""
     sigma_min, sigma_max, data_range = 0.01, 5.0, (-1.0, 1.0)
 
-    def __init__(self):
+    def __init__(self, channels: int = 2):
         super().__init__()
         torch.manual_seed(0)
-        self.a = torch.nn.Conv2d(2, 8, 3, padding=1)  # 2 channels: with 1, NCHW and NHWC coincide
-        self.b = torch.nn.Conv2d(8, 2, 3, padding=1)
+        self.a = torch.nn.Conv2d(channels, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, channels, 3, padding=1)
         self.formats = []
 
     def forward(self, x, sigma):
-        self.formats.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-        return x + 0.1 * self.b(torch.tanh(self.a(x)))
+        h = self.a(x)
+        self.formats.append(_nhwc(h))   # the layout the convolutions ran in (8 channels: unambiguous)
+        return x + 0.1 * self.b(torch.tanh(h))
 
 
+def _nhwc(t: torch.Tensor) -> bool:
+    """Whether ``t`` has channels-last strides (also for 1 channel, where it is contiguous either way)."""
+    return t.stride() == torch.empty_like(t, memory_format=torch.channels_last).stride()
+
+
+@pytest.mark.parametrize("channels", [2, 1])
 @pytest.mark.parametrize("name", SAMPLERS)
-def test_channels_last_feeds_nhwc_and_changes_nothing_else(name):
-    net = _SmallUNetLike()
-    mask = torch.ones(2, 8, 8).bernoulli_(0.5, generator=torch.Generator().manual_seed(0))
-    physics = dinv.physics.Inpainting(img_size=(2, 8, 8), mask=mask)
-    y = physics.A(torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(1)))
+def test_channels_last_feeds_nhwc_and_changes_nothing_else(name, channels):
+    """With 1 channel, channels-last and standard strides are both contiguous: the state must still
+    get channels-last strides, or the convolutions run in NCHW (they read the input's strides)."""
+    net = _SmallUNetLike(channels)
+    shape = (channels, 8, 8)
+    mask = torch.ones(shape).bernoulli_(0.5, generator=torch.Generator().manual_seed(0))
+    physics = dinv.physics.Inpainting(img_size=shape, mask=mask)
+    y = physics.A(torch.rand(2, *shape, generator=torch.Generator().manual_seed(1)))
     outs = {}
     for flag in (False, True):
         net.formats.clear()
         states = []
         outs[flag] = SAMPLERS[name](net, num_steps=6, channels_last=flag, callback=lambda i, s, x, x0: states.append(
-            (x.is_contiguous(), x0.is_contiguous())))(y, physics, generator=torch.Generator().manual_seed(0))
-        assert set(net.formats) == {flag}   # every network call saw NHWC exactly when asked
-        assert set(states) == {(not flag, not flag)}   # the state is kept in the network's layout
-        assert outs[flag].is_contiguous()   # the reconstruction comes back in the standard layout
+            (_nhwc(x), _nhwc(x0))))(y, physics, generator=torch.Generator().manual_seed(0))
+        assert set(net.formats) == {flag}   # every network call ran in NHWC exactly when asked
+        assert set(states) == {(flag, flag)}   # the state is kept in the network's layout
+        # the reconstruction comes back in the standard layout
+        assert outs[flag].stride() == torch.empty(outs[flag].shape).stride()
     torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)
 
 

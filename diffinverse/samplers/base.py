@@ -48,7 +48,7 @@ from diffinverse.priors.base import Prior
 from diffinverse.priors.schedules import karras
 from diffinverse.samplers.cuda_graph import StepGraphs, sampler_settings
 
-__all__ = ["DiffusionSampler", "Posterior", "data_fidelity_grad", "randn", "same_layout"]
+__all__ = ["DiffusionSampler", "Posterior", "data_fidelity_grad", "in_layout", "randn", "same_layout"]
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
@@ -144,8 +144,10 @@ class DiffusionSampler:
         channels_last: hand the network its input in channels-last memory layout (4-D states
             only; default on); convolutions then run in NHWC. Same numbers up to float rounding;
             measured 1.04-1.17x faster per call on a 2-core CPU (``benchmarks/bench_network_call.py``).
-            Turn it off for a denoiser that needs a standard-layout input (e.g. one calling
-            ``.view`` on it). Its output is returned in the standard layout either way.
+            1-channel images get channels-last strides too (:func:`in_layout`), although their
+            standard layout is contiguous in both. Turn it off for a denoiser that needs a
+            standard-layout input (e.g. one calling ``.view`` on it). Its output is returned in
+            the standard layout either way.
         compile: ``torch.compile`` the prior for the network calls (``True``, or a dict of
             ``torch.compile`` keyword arguments). Opt-in for GPUs: measured on CPU, compiled
             forward+backward ran at 0.65x the speed of eager mode. The first call compiles.
@@ -277,11 +279,11 @@ class DiffusionSampler:
         """
         self._nfe += 1
         layout = self.state_format(x)
-        x = x.contiguous(memory_format=layout)
+        x = in_layout(x, layout)
         if not self.autocast:
-            return self._call_network(x, sigma).contiguous(memory_format=layout)
+            return in_layout(self._call_network(x, sigma), layout)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self._call_network(x, sigma).to(x.dtype).contiguous(memory_format=layout)
+            return in_layout(self._call_network(x, sigma).to(x.dtype), layout)
 
     def state_format(self, x: torch.Tensor) -> torch.memory_format:
         """Memory layout of the state ``x`` during a run: channels-last for 4-D states when
@@ -378,7 +380,7 @@ class DiffusionSampler:
         if x_shape is not None and tuple(x.shape) != tuple(x_shape):
             raise ValueError(f"x_shape {tuple(x_shape)} is not the shape of the initial state, {tuple(x.shape)} "
                              f"(from x_init or physics.A_dagger(y))")
-        x = x.contiguous(memory_format=self.state_format(x))
+        x = in_layout(x, self.state_format(x))
         state = self.init_state(x, y, physics)
         table, draws = self._scalar_table(levels, x, y)
         for name, ok in finite.items():
@@ -398,7 +400,8 @@ class DiffusionSampler:
             self.last_nfe = self._nfe
         x = self.finalize(x, state)
         # in the standard layout, and not the graph's buffer, which the next call overwrites
-        x = x.clone(memory_format=torch.contiguous_format) if self._graphs is not None else x.contiguous()
+        x = x.clone(memory_format=torch.contiguous_format) if self._graphs is not None else \
+            in_layout(x, torch.contiguous_format)
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 f"{type(self).__name__} diverged: its reconstruction contains NaN or infinite values after "
@@ -477,6 +480,23 @@ def _check_grid(sigmas: torch.Tensor) -> torch.Tensor:
     if (sigmas[1:] >= sigmas[:-1]).any():
         raise ValueError("a sigma grid must be strictly decreasing")
     return sigmas
+
+
+def in_layout(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """``t`` with the strides of ``layout`` (``torch.contiguous_format`` or, for 4-D tensors,
+    ``torch.channels_last``); a copy only if they differ.
+
+    Unlike ``t.contiguous(memory_format=layout)`` this also restrides a tensor that is contiguous
+    in both layouts, such as a 1-channel image ``(B, 1, H, W)``: convolutions pick their layout
+    from the strides, so a 1-channel input in standard strides would keep a whole network in
+    NCHW whatever the sampler asked for.
+    """
+    order = (0, 2, 3, 1) if layout == torch.channels_last else range(t.ndim)   # outermost to innermost
+    strides, step = [0] * t.ndim, 1
+    for d in reversed(order):
+        strides[d] = step
+        step *= max(t.shape[d], 1)
+    return t if t.stride() == tuple(strides) else torch.empty_like(t, memory_format=layout).copy_(t)
 
 
 def same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
