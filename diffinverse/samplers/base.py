@@ -138,9 +138,12 @@ class DiffusionSampler:
         autocast: run the network under bf16 autocast; its output is cast back to the state's
             dtype, and everything else stays in that dtype. Worthwhile where the hardware has bf16
             units (CPUs with AVX512-BF16 or AMX, recent GPUs): on 2 cores of such a CPU, over the
-            13 end-to-end tasks at 64x64, RED-Diff ran 1.50-1.57x and DPS 1.17-1.73x as fast,
+            13 end-to-end tasks at 64x64, RED-Diff ran 1.50-1.64x and DPS 1.17-1.39x as fast,
             with PSNR within 0.012 dB and SSIM within 0.0003 of float32's
-            (``benchmarks/bench_sampler_option.py``). Off by default: float32 results, on any hardware.
+            (``benchmarks/bench_sampler_option.py``). On that CPU a bf16 forward+backward (DPS)
+            was 1.08-1.19x faster per call with ``channels_last=False``, whereas float32 calls and
+            bf16 forward calls were faster channels-last (``benchmarks/bench_network_call.py
+            --autocast``). Off by default: float32 results, on any hardware.
         channels_last: hand the network its input in channels-last memory layout (4-D states
             only; default on); convolutions then run in NHWC. Same numbers up to float rounding;
             measured 1.04-1.17x faster per call on a 2-core CPU (``benchmarks/bench_network_call.py``).
