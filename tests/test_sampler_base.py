@@ -196,6 +196,13 @@ def test_inputs_that_do_not_fit_the_physics_are_named(name, prior, problem):
         sampler(y, None)
     with pytest.raises(TypeError, match="physics must be a deepinv Physics.*got str"):
         sampler.posterior(y, "mri", num_samples=2)
+    with pytest.raises(TypeError, match="physics must be a deepinv Physics.*got NoneType"):
+        sampler.posterior(y, physics, num_samples=2, physics_for_batch=lambda p, n: None)
+    for bad in (y[0, 0, 0, 0], y[:0]):   # no batch dimension; an empty batch
+        with pytest.raises(ValueError, match=r"y must be a batch \(B, ...\) with B >= 1"):
+            sampler(bad, physics)
+        with pytest.raises(ValueError, match=r"y must be a batch \(B, ...\) with B >= 1"):
+            sampler.posterior(bad, physics, num_samples=2)
     assert calls == []
     out = sampler(y, physics, x_init=x0, sigma_start=0.5, x_shape=tuple(x0.shape))
     assert out.shape == x0.shape

@@ -359,16 +359,17 @@ class DiffusionSampler:
         Raises:
             TypeError: if ``generator`` is not a ``torch.Generator`` (or ``None``), or ``physics``
                 has no forward operator ``A``.
-            ValueError: if ``y`` or ``x_init`` contains NaN or infinite values (checked before the
-                first step; an operator may refuse them earlier, e.g. in ``A_dagger``), ``x_init``
-                is not shaped like ``A^H y`` (linear physics) or has another batch size than ``y``,
-                ``x_shape`` is not the initial state's shape, or (from the prior) the state's dtype
-                or device is not the network's.
+            ValueError: if ``y`` is not a non-empty batch, ``y`` or ``x_init`` contains NaN or
+                infinite values (checked before the first step; an operator may refuse them
+                earlier, e.g. in ``A_dagger``), ``x_init`` is not shaped like ``A^H y`` (linear
+                physics) or has another batch size than ``y``, ``x_shape`` is not the initial
+                state's shape, or (from the prior) the state's dtype or device is not the network's.
             FloatingPointError: if the reconstruction is not finite (the iteration diverged).
         """
         # the checks run on the inputs' device and are read before the first step: on a GPU the
         # set-up below is queued meanwhile instead of waiting for them
         finite = {"y": _all_finite(y, "y")}
+        _check_batch(y)
         _check_physics(physics)
         if x_init is not None:
             finite["x_init"] = _all_finite(x_init, "x_init")
@@ -451,6 +452,7 @@ class DiffusionSampler:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        _check_batch(y)
         generator = _generator(generator, y.device)
         _check_physics(physics)
         b = y.shape[0]
@@ -463,6 +465,7 @@ class DiffusionSampler:
         for start in range(0, num_samples, per_chunk):
             n = min(per_chunk, num_samples - start)
             phys_n = physics if physics_for_batch is None else physics_for_batch(physics, n)
+            _check_physics(phys_n)
             y_n = _repeat(y, n)
             _check_batch_physics(phys_n, y_n, like, n)
             x = self(y_n, phys_n, generator=generator, sigma_start=sigma_start,
@@ -514,6 +517,13 @@ def _all_finite(t: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     return torch.isfinite(t).all()
+
+
+def _check_batch(y: torch.Tensor) -> None:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise ValueError(f"y must be a batch (B, ...) with B >= 1, got shape {tuple(y.shape)}")
 
 
 def _check_physics(physics) -> None:
