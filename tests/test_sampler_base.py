@@ -10,7 +10,7 @@ import torch
 from diffinverse.priors.base import Prior, sigma_like
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.priors.schedules import karras, ve_geometric
-from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad
+from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad, in_layout
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 
@@ -459,6 +459,22 @@ class _SmallUNetLike(torch.nn.Module):
 def _nhwc(t: torch.Tensor) -> bool:
     """Whether ``t`` has channels-last strides (also for 1 channel, where it is contiguous either way)."""
     return t.stride() == torch.empty_like(t, memory_format=torch.channels_last).stride()
+
+
+def test_in_layout_sets_the_layouts_strides_also_where_contiguous_would_not():
+    x = torch.randn(3, 1, 5, 4)
+    assert x.contiguous(memory_format=torch.channels_last).stride() == x.stride()   # what in_layout fixes
+    cl = in_layout(x, torch.channels_last)
+    assert cl.stride() == (20, 1, 4, 1) and torch.equal(cl, x)
+    assert in_layout(cl, torch.channels_last) is cl                       # no copy when already there
+    back = in_layout(cl, torch.contiguous_format)
+    assert back.stride() == (20, 20, 4, 1) and torch.equal(back, x)
+    two = torch.randn(2, 3, 4, 5)
+    assert in_layout(two, torch.channels_last).stride() == two.contiguous(memory_format=torch.channels_last).stride()
+    vol = torch.randn(2, 1, 3, 4, 5).transpose(-1, -2)
+    assert in_layout(vol, torch.contiguous_format).is_contiguous()
+    with pytest.raises(ValueError, match="channels_last needs a 4-D tensor"):
+        in_layout(vol, torch.channels_last)
 
 
 @pytest.mark.parametrize("channels", [2, 1])

@@ -497,6 +497,8 @@ def in_layout(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
     from the strides, so a 1-channel input in standard strides would keep a whole network in
     NCHW whatever the sampler asked for.
     """
+    if layout == torch.channels_last and t.ndim != 4:
+        raise ValueError(f"channels_last needs a 4-D tensor (B, C, H, W), got shape {tuple(t.shape)}")
     order = (0, 2, 3, 1) if layout == torch.channels_last else range(t.ndim)   # outermost to innermost
     strides, step = [0] * t.ndim, 1
     for d in reversed(order):
