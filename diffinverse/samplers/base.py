@@ -368,8 +368,8 @@ class DiffusionSampler:
         """
         # the checks run on the inputs' device and are read before the first step: on a GPU the
         # set-up below is queued meanwhile instead of waiting for them
-        finite = {"y": _all_finite(y, "y")}
         _check_batch(y)
+        finite = {"y": _all_finite(y, "y")}
         _check_physics(physics)
         if x_init is not None:
             finite["x_init"] = _all_finite(x_init, "x_init")
@@ -542,7 +542,8 @@ def check_x_init(x_init: torch.Tensor, y: torch.Tensor, physics) -> None:
         with torch.no_grad():
             shape = tuple(physics.A_adjoint(y).shape)
         if tuple(x_init.shape) != shape:
-            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, but the physics' images (A^H y) have shape {shape}")
+            raise ValueError(f"x_init has shape {tuple(x_init.shape)}, but the physics' images (A^H y) "
+                             f"have shape {shape}")
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:
