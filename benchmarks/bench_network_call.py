@@ -9,9 +9,9 @@ channels-last strides), interleaved over ``--repeats`` rounds (minimum of each; 
 noisy, so only the ratios measured side by side in one run mean anything), and counts the minor
 page faults of a call. ``--autocast`` adds both layouts under bf16 autocast (the samplers'
 ``autocast=True``), and prints the largest difference of its forward output from float32's;
-``--compile`` adds ``torch.compile`` of the prior (compilation time excluded). ``--batch-split`` instead compares, on batches of 256x256 and 128x128 images, the
-UNet's default on the CPU (a batch split into parts, see ``diffinverse/priors/unet.py``) with one
-call on the whole batch.
+``--compile`` adds ``torch.compile`` of the prior (compilation time excluded). ``--batch-split``
+instead compares, on batches of 256x256 and 128x128 images, the UNet's default on the CPU (a batch
+split into parts, see ``diffinverse/priors/unet.py``) with one call on the whole batch.
 
 Usage::
 
