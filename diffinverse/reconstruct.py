@@ -62,6 +62,14 @@ Under ``torchrun`` (``WORLD_SIZE``/``RANK`` set), rank ``r`` of ``K`` takes file
 (``nccl`` with one GPU per rank, ``gloo`` on CPU); rank 0 gathers the results, writes
 ``metrics.json`` and prints the tables and the summary.
 
+On a CPU under glibc (Linux) the command first has malloc serve large blocks from its heap and
+keep freed memory (:func:`keep_freed_memory`; ``--release-memory`` leaves glibc's default): at
+fastMRI sizes a UNet's activations are blocks that glibc would otherwise map afresh, and the
+kernel zero-fill, at every network call. The process then keeps its peak memory, which is
+somewhat higher. Measured figures are in ``benchmarks/README.md`` ("Large batches on the CPU").
+``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` set in the environment are left as they are
+(note that setting either one turns off glibc's adaptive threshold).
+
 On a GPU the samplers run eagerly; their ``cuda_graph=True`` option is deliberately not offered
 here. It pays on small images (64x64, batch 4: 3.6-5.5x faster on an H200 across runs), but at
 fastMRI sizes (256x256, batch 4) it made a call only about 1.05x faster, and this command builds a
@@ -77,9 +85,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import math
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -102,7 +112,8 @@ from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.baselines import tv_reconstruction
 from diffinverse.samplers.reddiff import REDDiff
 
-__all__ = ["main", "build_parser", "reconstruct_file", "save_nifti", "save_preview", "format_table", "DEMO_FILE"]
+__all__ = ["main", "build_parser", "reconstruct_file", "save_nifti", "save_preview", "format_table", "keep_freed_memory",
+           "DEMO_FILE"]
 
 DEMO_FILE = "demo_brain.h5"
 BASELINES = ("zero-filled", "sense")
@@ -181,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="posterior samples per slice; >1 also writes std")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks and the samplers (default: 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--release-memory", action="store_true",
+                   help="on a CPU, leave glibc's malloc at its default, which returns freed memory to the "
+                        "system: lower memory, but slower network calls at fastMRI sizes (by default the "
+                        "command keeps freed memory for reuse)")
     p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default: 4)")
     p.add_argument("--output", type=Path, default=None,
                    help="output directory (required, except with --demo: a new temporary directory)")
@@ -666,6 +681,37 @@ def _gather(obj, world: int) -> list:
     return out
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc serve every block from its heap and keep what is freed (CPU runs).
+
+    glibc maps each block above a threshold (at most 32 MiB) afresh and unmaps it when it is
+    freed, so the kernel zero-fills its pages again at every use. A UNet's widest activations at
+    fastMRI sizes are such blocks (96 channels x 320 x 368 x 4 bytes = 45 MB per image), and at
+    every network call they page-faulted tens of thousands of times (``benchmarks/README.md``,
+    "Large batches on the CPU"). This sets what ``MALLOC_MMAP_MAX_=0`` and a large
+    ``MALLOC_TRIM_THRESHOLD_`` would at start-up; the process then keeps its peak memory. It is
+    for this command's own process, never done on import of the package.
+
+    Returns:
+        Whether it was applied: not on other C libraries, and not when the environment already
+        sets ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` (the caller's choice stands).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    # mallopt takes a C int: 2 GiB - 1 is the largest trim threshold it can be given
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 some file failed, 2 bad options)."""
     args = build_parser().parse_args(argv)
@@ -681,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"diffinverse-reconstruct: error: {err}", file=sys.stderr)
         return 2
+    if device.type == "cpu" and not args.release_memory:
+        keep_freed_memory()
 
     if world > 1:
         import torch.distributed as dist
