@@ -693,8 +693,9 @@ def keep_freed_memory() -> bool:
     fastMRI sizes are such blocks (96 channels x 320 x 368 x 4 bytes = 45 MB per image), and at
     every network call they page-faulted tens of thousands of times (``benchmarks/README.md``,
     "Large batches on the CPU"). This sets what ``MALLOC_MMAP_MAX_=0`` and a large
-    ``MALLOC_TRIM_THRESHOLD_`` would at start-up; the process then keeps its peak memory. It is
-    for this command's own process, never done on import of the package.
+    ``MALLOC_TRIM_THRESHOLD_`` would at start-up; the process then keeps its peak memory. The
+    command calls it for its own process; the package never calls it on import (call it in your
+    own process if you want the same).
 
     Returns:
         Whether it was applied: not on other C libraries, and not when the environment already

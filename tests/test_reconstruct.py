@@ -1,6 +1,7 @@
 """End-to-end tests of ``diffinverse-reconstruct`` through ``main(argv)`` on small generated files."""
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -491,8 +492,7 @@ def _faults_of_a_large_block(mode: str, env: dict) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
-                    reason="glibc's malloc only")
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_keep_freed_memory_stops_fresh_pages_for_large_blocks():
     """With glibc's defaults a 64 MiB block is mapped afresh at every allocation (a page fault per
     4 KiB page when written); after keep_freed_memory() it comes from the heap, already mapped.
