@@ -7,8 +7,8 @@ import deepinv as dinv
 import pytest
 import torch
 
-from diffinverse.samplers import baselines
-from diffinverse.samplers.baselines import (fbp, sense, total_variation, tv_objective, tv_reconstruction,
+from diffinverse import baselines
+from diffinverse.baselines import (fbp, sense, total_variation, tv_objective, tv_reconstruction,
                                             zero_filled)
 from diffinverse.testing import assert_adjoint
 

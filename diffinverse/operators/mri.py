@@ -26,7 +26,7 @@ FFT along ``W``, ``m_W post_W`` the mask and output ramp along ``W``, and ``U = 
 unitary along ``H``; so ``||A x - y|| = ||A' x - y'||`` with ``y' = U^H y`` and ``A'`` the
 transform along ``W`` kept on the sampled columns only. Data arrays shrink by the acceleration
 (e.g. 61 of 256 lines at 4x), and ``A'`` and its adjoint take 1D FFTs.
-:func:`~diffinverse.samplers.baselines.tv_reconstruction` uses it.
+:func:`~diffinverse.baselines.tv_reconstruction` uses it.
 
 On CPU, batches run in chunks of about 16 MiB of coil images (large temporaries would otherwise be
 fresh, page-faulting memory on every call).
@@ -255,7 +255,7 @@ class _CartesianMRI(LinearPhysics):
         (see the module notes): a forward or adjoint costs 1D FFTs along ``W``, and a solver's
         arrays in data space (``(B, 2, C, H, n)`` for ``n`` sampled lines) are ``W / n`` times
         smaller. For solvers that need only ``||A x - y||`` and its gradients, such as
-        :func:`~diffinverse.samplers.baselines.tv_reconstruction`, which uses it.
+        :func:`~diffinverse.baselines.tv_reconstruction`, which uses it.
         """
         if self._normal_dims != (-1,):
             return None

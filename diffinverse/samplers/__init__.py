@@ -1,8 +1,7 @@
-"""Posterior samplers (one file each, one shared loop) and classical baselines."""
+"""Posterior samplers (one file each, one shared loop) and the table that names them."""
 from .base import DiffusionSampler, Posterior
-from .baselines import fbp, sense, total_variation, tv_reconstruction, zero_filled
 from .dps import DPS
 from .reddiff import REDDiff
+from .table import SAMPLERS, SamplerSpec, sampler_spec
 
-__all__ = ["DiffusionSampler", "Posterior", "DPS", "REDDiff",
-           "fbp", "sense", "total_variation", "tv_reconstruction", "zero_filled"]
+__all__ = ["DiffusionSampler", "Posterior", "DPS", "REDDiff", "SAMPLERS", "SamplerSpec", "sampler_spec"]
