@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from deepinv.physics import LinearPhysics
 
-from diffinverse.samplers.base import check_finite, check_x_init
+from diffinverse.samplers.checks import check_finite, check_x_init
 
 __all__ = ["zero_filled", "sense", "fbp", "tv_reconstruction", "tv_objective", "total_variation"]
 

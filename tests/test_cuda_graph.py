@@ -73,7 +73,7 @@ def test_when_a_capture_is_reused():
 
     def key(s=sampler, phys=physics, meas=y):
         x = phys.A_adjoint(meas)
-        return capture_key(s, x, meas, phys, s.init_state(x, meas, phys), torch.zeros(4, 4), [True] * 4)
+        return capture_key(s, x, meas, phys, s.init_state(x, meas, phys), torch.zeros(5, dtype=torch.float64), [True] * 4)
 
     first = key()
     sampler(y, physics, generator=torch.Generator().manual_seed(0))   # changes last_nfe, not the key
@@ -141,7 +141,7 @@ def test_the_loop_around_the_graph_equals_the_eager_loop(name, monkeypatch):
     post = [s.posterior(y, physics, num_samples=3, max_batch=4, generator=torch.Generator().manual_seed(3))
             for s in (eager, graphed)]
     assert torch.equal(post[1].samples, post[0].samples) and graphed.last_nfe == eager.last_nfe == 12   # 2 chunks
-    assert len(graphed._graphs) == 3   # + the warm start's shorter table, + the 2-sample chunk's batch
+    assert len(graphed._graphs) == 3   # + the warm start's shorter grid, + the 2-sample chunk's batch
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -180,7 +180,7 @@ def test_replayed_equals_eager_and_captures_once_per_shape(name):
     first_call = seen["graph"][:8]   # (the second call's steps follow)
     assert [s[:2] for s in first_call] == [s[:2] for s in seen["eager"]]
     torch.testing.assert_close(first_call[3][2], seen["eager"][3][2], rtol=1e-5, atol=1e-5)
-    # a warm start is a shorter table: its own graph
+    # a warm start is a shorter grid: its own graph
     warm_e = eager(y, physics, generator=_gen(1), sigma_start=0.5)
     warm_g = graphed(y, physics, generator=_gen(1), sigma_start=0.5)
     torch.testing.assert_close(warm_g, warm_e, rtol=1e-5, atol=1e-5)

@@ -10,9 +10,11 @@ import torch
 from diffinverse.priors.base import Prior, sigma_like
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.priors.schedules import karras, ve_geometric
-from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad, in_layout
+from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad
+from diffinverse.samplers.network import in_layout
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
+from test_sampler_contract import TweedieGuided
 
 SHAPE = (1, 4, 4)
 NOISE = 0.1
@@ -42,6 +44,8 @@ def problem(prior):
 SAMPLERS = {
     "dps": lambda p, **kw: DPS(p, zeta=0.3, progress=False, **kw),
     "reddiff": lambda p, **kw: REDDiff(p, lr=0.05, progress=False, **kw),
+    # the example of "how to add a sampler" (tests/test_sampler_contract.py) passes the same checks
+    "tweedie": lambda p, **kw: TweedieGuided(p, step_size=0.5, progress=False, **kw),
 }
 
 
@@ -327,10 +331,11 @@ def test_base_step_is_abstract(prior, problem):
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_a_setting_changed_between_calls_reaches_the_next_call(name, prior, problem):
-    """The scalar table a sampler keeps for calls with the same grid is rebuilt when a setting
-    it holds changes."""
+    """Nothing a sampler keeps between calls (its device grid, a captured graph) hides a setting
+    changed in between."""
     physics, _, y = problem
-    cls, setting, value = {"dps": (DPS, "zeta", 0.6), "reddiff": (REDDiff, "lam", 0.5)}[name]
+    cls, setting, value = {"dps": (DPS, "zeta", 0.6), "reddiff": (REDDiff, "lam", 0.5),
+                           "tweedie": (TweedieGuided, "step_size", 0.3)}[name]
     sampler = cls(prior, num_steps=5, progress=False)
     before = sampler(y, physics, generator=torch.Generator().manual_seed(0))
     setattr(sampler, setting, value)
@@ -494,7 +499,10 @@ def test_channels_last_feeds_nhwc_and_changes_nothing_else(name, channels):
         outs[flag] = SAMPLERS[name](net, num_steps=6, channels_last=flag, callback=lambda i, s, x, x0: states.append(
             (_nhwc(x), _nhwc(x0))))(y, physics, generator=torch.Generator().manual_seed(0))
         assert set(net.formats) == {flag}   # every network call ran in NHWC exactly when asked
-        assert set(states) == {(flag, flag)}   # the state is kept in the network's layout
+        # the loop keeps the state in the network's layout; DPS and RED-Diff also compute x0_hat there
+        assert {x for x, _ in states} == {flag}
+        if name != "tweedie":
+            assert {x0 for _, x0 in states} == {flag}
         # the reconstruction comes back in the standard layout
         assert outs[flag].stride() == torch.empty(outs[flag].shape).stride()
     torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)
@@ -506,7 +514,7 @@ def test_compile_option_wraps_the_network_with_torch_compile():
     y = physics.A(torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)))
     plain = DPS(net, num_steps=4, zeta=0.3, progress=False)
     compiled = DPS(net, num_steps=4, zeta=0.3, progress=False, compile={"backend": "eager"})
-    assert compiled._network is not net and compiled.prior is net
+    assert compiled.network._denoise is not net and compiled.prior is net
     a = plain(y, physics, generator=torch.Generator().manual_seed(0))
     b = compiled(y, physics, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

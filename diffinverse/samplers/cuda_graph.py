@@ -6,13 +6,16 @@ operator, the update), whose host-side cost exceeds the GPU's work. :class:`Step
 sampler's whole step once (after warm-up runs on a side stream, as CUDA graphs require) over fixed
 buffers, and replays it: per step one noise draw into its buffer and one graph launch.
 
-What makes a step capturable: the step reads its scalars from a device table, through a step
-counter on the device that the graph itself advances, and its noise from a buffer that the loop
-refills from the caller's generator before each replay, with the same draws as the eager loop;
-the step's operations are the eager loop's, so the results are the same.
+What makes a step capturable: the step reads its noise levels ``sigma``, ``sigma_next`` from the
+run's grid on the device, through a step counter on the device that the graph itself advances,
+and its noise from a buffer that the loop refills from the caller's generator before each replay,
+with the same draws as the eager loop; the step's operations are the eager loop's, so the results
+are the same. A sampler opts in (``supports_cuda_graph = True``) when its step has no host
+synchronisation and weighs its noise by zero where :meth:`draws_noise` says the step draws none
+(a captured step always gets the noise buffer).
 
-Buffers and reuse: the state, the measurements, the per-run state and the scalar table (unless
-it is the table last copied in, unchanged) are copied into the graph's buffers at the start of
+Buffers and reuse: the state, the measurements, the per-run state and the grid (unless it is the
+grid last copied in, unchanged) are copied into the graph's buffers at the start of
 every call; whatever else a step needs is allocated inside the capture, in the graph's own
 memory (a buffer made outside it and not kept would be freed, and replays would write into
 memory the allocator hands to others). The network's weights and the physics'
@@ -51,13 +54,13 @@ class _Capture:
     x: torch.Tensor
     y: torch.Tensor
     state: dict[str, torch.Tensor | None] | None
-    table: torch.Tensor
+    sigmas: torch.Tensor
     index: torch.Tensor
     noise: torch.Tensor | None
     x0_hat: torch.Tensor
     nfe_per_step: int
     keep: tuple  # the objects whose tensors the graph reads (keeps their ids from being reused)
-    table_from: tuple[torch.Tensor, int] | None = None  # the table last copied in, and its version
+    sigmas_from: tuple[torch.Tensor, int] | None = None  # the grid last copied in, and its version
 
 
 def _tensor_dicts(modules: Iterable[torch.nn.Module]) -> list[dict]:
@@ -128,12 +131,16 @@ def _layout(t: torch.Tensor | None) -> tuple | None:
 
 
 def sampler_settings(sampler) -> tuple:
-    """The sampler's plain settings (e.g. ``clip_x0``): what its captures and scalar tables hold."""
-    return tuple(sorted((k, v) for k, v in vars(sampler).items() if not k.startswith("_") and k != "last_nfe"
-                        and isinstance(v, (bool, int, float, str, tuple, type(None)))))
+    """The plain settings (e.g. ``clip_x0``) of the sampler and of its network call (e.g.
+    ``autocast``): what a captured step depends on besides its tensors."""
+    def plain(obj) -> tuple:
+        return tuple(sorted((k, v) for k, v in vars(obj).items() if not k.startswith("_")
+                            and k not in ("last_nfe", "nfe")
+                            and isinstance(v, (bool, int, float, str, tuple, type(None)))))
+    return plain(sampler) + plain(sampler.network)
 
 
-def capture_key(sampler, x: torch.Tensor, y: torch.Tensor, physics, state, table: torch.Tensor,
+def capture_key(sampler, x: torch.Tensor, y: torch.Tensor, physics, state, sigmas: torch.Tensor,
                 draws: Sequence[bool]) -> tuple:
     """What a captured step depends on: a call whose key equals a capture's replays that capture.
 
@@ -141,7 +148,7 @@ def capture_key(sampler, x: torch.Tensor, y: torch.Tensor, physics, state, table
     into the graph's buffers), whether any step draws noise, inference mode, the physics and the
     network (identity and where their tensors are), and the sampler's plain settings.
     """
-    return (_layout(x), _layout(y), _layout(table), any(draws), torch.is_inference_mode_enabled(),
+    return (_layout(x), _layout(y), _layout(sigmas), any(draws), torch.is_inference_mode_enabled(),
             tuple((name, _layout(v)) for name, v in (state or {}).items()),
             id(physics), _physics_addresses(physics),
             id(sampler.prior), _network_addresses(sampler.prior), sampler_settings(sampler))
@@ -172,14 +179,15 @@ class StepGraphs:
     def __len__(self) -> int:
         return len(self._captures)
 
-    def run(self, sampler, x: torch.Tensor, y: torch.Tensor, physics, state, table: torch.Tensor,
-            draws: Sequence[bool], generator: torch.Generator, steps: Iterable[int],
-            levels: Sequence[float]) -> tuple[torch.Tensor, Any, int]:
+    def run(self, sampler, x: torch.Tensor, y: torch.Tensor, physics, state, sigmas: torch.Tensor,
+            levels: Sequence[float], draws: Sequence[bool], generator: torch.Generator,
+            steps: Iterable[int]) -> tuple[torch.Tensor, Any, int]:
         """Run the steps of one call by replays: returns ``(x, state, nfe)`` after the last step.
 
-        ``x``, ``state`` and ``table`` (one row per step) are the call's initial state, per-run
-        state and scalars; ``draws[i]`` says whether step ``i`` draws noise. The returned ``x`` and
-        ``state`` are the graph's buffers, overwritten by the next call: copy what you keep.
+        ``x``, ``state`` and ``sigmas`` (the grid on the device; ``levels`` the same on the host)
+        are the call's initial state, per-run state and noise levels; ``draws[i]`` says whether
+        step ``i`` draws noise. The returned ``x`` and ``state`` are the graph's buffers,
+        overwritten by the next call: copy what you keep.
 
         Raises:
             ValueError: if the state is not on a CUDA device.
@@ -187,19 +195,19 @@ class StepGraphs:
                 PyTorch in the physics or the network).
         """
         _check_state(state)
-        key = capture_key(sampler, x, y, physics, state, table, draws)
+        key = capture_key(sampler, x, y, physics, state, sigmas, draws)
         cap = self._captures.get(key)
         if cap is None:
-            cap = self._capture(sampler, x, y, physics, state, table, any(draws))
+            cap = self._capture(sampler, x, y, physics, state, sigmas, any(draws))
             self._captures[key] = cap
             if len(self._captures) > self.max_graphs:
                 self._captures.popitem(last=False)
         self._captures.move_to_end(key)
         cap.x.copy_(x)
         cap.y.copy_(y)
-        if cap.table_from is None or cap.table_from[0] is not table or cap.table_from[1] != table._version:
-            cap.table.copy_(table)   # (a sampler hands the same table to calls with the same grid)
-            cap.table_from = (table, table._version)
+        if cap.sigmas_from is None or cap.sigmas_from[0] is not sigmas or cap.sigmas_from[1] != sigmas._version:
+            cap.sigmas.copy_(sigmas)   # (a sampler hands the same grid to calls with the same levels)
+            cap.sigmas_from = (sigmas, sigmas._version)
         cap.index.zero_()
         for name, value in (state or {}).items():
             if value is not None:
@@ -210,28 +218,30 @@ class StepGraphs:
             cap.replay()
             if sampler.callback is not None:
                 sampler.callback(i, levels[i], cap.x, cap.x0_hat)
-        return cap.x, cap.state, cap.nfe_per_step * len(table)
+        return cap.x, cap.state, cap.nfe_per_step * (len(sigmas) - 1)
 
-    def _capture(self, sampler, x, y, physics, state, table, draws) -> _Capture:
+    def _capture(self, sampler, x, y, physics, state, sigmas, draws) -> _Capture:
         # fixed buffers are ordinary tensors (not inference tensors), so that calls made inside and
         # outside torch.inference_mode can copy into them
         with torch.inference_mode(False):
-            bx, by, btable = x.clone(), y.clone(), table.clone()
+            bx, by, bsigmas = x.clone(), y.clone(), sigmas.clone()
             bstate = None if state is None else {k: None if v is None else v.clone() for k, v in state.items()}
             index = torch.zeros(1, dtype=torch.long, device=x.device)
             noise = torch.zeros_like(x, memory_format=torch.contiguous_format) if draws else None  # refilled per step
 
         nfe_per_step = 0
 
+        pairs = bsigmas.unfold(0, 2, 1)   # row i: (sigma_i, sigma_i+1), a view of the grid buffer
+
         def step() -> torch.Tensor:
             nonlocal nfe_per_step
             # the row is allocated in the graph's own memory: a buffer made outside the capture
             # and not kept by it would be freed after the capture and written to by every replay
-            scalars = torch.index_select(btable, 0, index)[0]
+            sigma, sigma_next = torch.index_select(pairs, 0, index)[0].unbind()
             index.add_(1)
-            before = sampler._nfe
-            x_next, x0_hat = sampler.step(bx, scalars[0], scalars, noise, by, physics, bstate)
-            nfe_per_step = sampler._nfe - before
+            before = sampler.network.nfe
+            x_next, x0_hat = sampler.step(bx, sigma, sigma_next, noise, by, physics, bstate)
+            nfe_per_step = sampler.network.nfe - before
             if x_next is not bx:
                 bx.copy_(x_next)
             return x0_hat
@@ -243,7 +253,7 @@ class StepGraphs:
                 f"cuda_graph could not capture a step of {type(sampler).__name__} with {type(physics).__name__}: "
                 f"the physics and the network must run torch operations only, without host synchronisation "
                 f"(use cuda_graph=False for this physics). Cause: {err}") from err
-        return _Capture(replay=replay, x=bx, y=by, state=bstate, table=btable, index=index, noise=noise,
+        return _Capture(replay=replay, x=bx, y=by, state=bstate, sigmas=bsigmas, index=index, noise=noise,
                         x0_hat=x0_hat, nfe_per_step=nfe_per_step, keep=(physics, sampler.prior))
 
 

@@ -73,6 +73,8 @@ class DPS(DiffusionSampler):
         Chung et al., "Diffusion Posterior Sampling for General Noisy Inverse Problems", ICLR 2023.
     """
 
+    supports_cuda_graph = True
+
     def __init__(self, prior, *, num_steps: int = 200, zeta: float = 1.0, squared_norm: bool = False,
                  clip_x0: bool = False, **kwargs):
         super().__init__(prior, num_steps=num_steps, **kwargs)
@@ -89,18 +91,10 @@ class DPS(DiffusionSampler):
 
     __call__.__doc__ = DiffusionSampler.__call__.__doc__
 
-    def coefficients(self, sigma, sigma_next, x, y):
-        # the ancestral step's weight (sigma_next / sigma)^2 and noise level, and the guidance step
-        # with the VP-to-VE factor that keeps the official zeta's meaning
-        sigma_up = sigma_next * math.sqrt(sigma**2 - sigma_next**2) / sigma
-        guidance = self.zeta * math.sqrt((1 + sigma**2) * (1 + sigma_next**2))
-        return ((sigma_next / sigma) ** 2, sigma_up, guidance)
-
     def draws_noise(self, sigma, sigma_next):
         return sigma_next > 0
 
-    def step(self, x, sigma, scalars, noise, y, physics, state):
-        _, weight, sigma_up, guidance = scalars.unbind()
+    def step(self, x, sigma, sigma_next, noise, y, physics, state):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             # line 4: x0_hat = D(x_i, sigma_i), keeping the graph for the guidance's Jacobian
@@ -116,10 +110,12 @@ class DPS(DiffusionSampler):
                 grad_x0 = grad_x0 / norms.reshape(-1, *([1] * (grad_x0.ndim - 1)))
             (grad,) = torch.autograd.grad(x0_hat, x, grad_outputs=grad_x0)
         x, x0_hat = x.detach(), x0_hat.detach()
-        # lines 5-7: DDPM ancestral step in VE form, mean x0_hat + (sigma_next/sigma)^2 (x - x0_hat),
-        # plus sigma_up n (none at the last step, sigma_next = 0, where sigma_up is 0)
-        x_next = torch.lerp(x0_hat, x, weight)
+        # lines 5-7: the DDPM ancestral step in VE form, mean x0_hat + (sigma_next / sigma)^2 (x - x0_hat),
+        # plus sigma_up n (no noise at the last step, where sigma_next = 0 and so sigma_up = 0)
+        sigma_up = sigma_next * (sigma**2 - sigma_next**2).sqrt() / sigma
+        x_next = torch.lerp(x0_hat, x, ((sigma_next / sigma) ** 2).to(x.dtype))
         if noise is not None:
-            x_next.addcmul_(noise, sigma_up)
-        # line 8: guidance
-        return x_next.addcmul_(grad, guidance, value=-1), x0_hat
+            x_next.addcmul_(noise, sigma_up.to(x.dtype))
+        # line 8: the guidance step, zeta scaled from the official code's VP state to VE units
+        zeta = self.zeta * ((1 + sigma**2) * (1 + sigma_next**2)).sqrt()
+        return x_next.addcmul_(grad, zeta.to(x.dtype), value=-1), x0_hat

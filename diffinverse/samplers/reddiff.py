@@ -47,19 +47,20 @@ References:
 """
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from deepinv.physics import LinearPhysics
 
-from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, same_layout
+from torch.optim.adam import adam
+
+from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
 
 __all__ = ["REDDiff"]
 
-_WEIGHTS = {
+_WEIGHTS = {   # w(sigma) of a 0-d sigma tensor
     "linear": lambda s: s,
-    "sqrt": math.sqrt,
+    "sqrt": torch.sqrt,
     "square": lambda s: s * s,
     "const": lambda s: 1.0,
 }
@@ -86,6 +87,8 @@ class REDDiff(DiffusionSampler):
         Models", ICLR 2024.
     """
 
+    supports_cuda_graph = True
+
     def __init__(self, prior, *, num_steps: int = 100, lam: float = 0.25, lr: float = 0.25,
                  betas: tuple[float, float] = (0.9, 0.99),
                  weighting: Literal["linear", "sqrt", "square", "const"] = "linear", **kwargs):
@@ -110,40 +113,38 @@ class REDDiff(DiffusionSampler):
     def init_state(self, x, y, physics):
         # for a linear physics the data gradient is A^H A mu - A^H y: A^H y once, then one normal
         # operator per step (fewer kernels than A, a subtraction, A^H and a negation)
-        aty = same_layout(physics.A_adjoint(y), x) if isinstance(physics, LinearPhysics) else None
+        aty = _same_layout(physics.A_adjoint(y), x) if isinstance(physics, LinearPhysics) else None
         # Adam's step count lives on the state's device, where the fused update reads it
         count = torch.zeros((), dtype=torch.float32, device=x.device)
         return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "count": count, "aty": aty}
 
-    def coefficients(self, sigma, sigma_next, x, y):
-        # weight of (mu - x0_hat) in the gradient n_y * g (see step): lam * w(sigma) / sigma * n_y / n_x
-        n_x, n_y = x.numel() // x.shape[0], y.numel() // y.shape[0]
-        return (self.lam * _WEIGHTS[self.weighting](sigma) / sigma / n_x * n_y,)
-
-    def step(self, x, sigma, scalars, noise, y, physics, state):
+    def step(self, x, sigma, sigma_next, noise, y, physics, state):
         mu = x
-        sigma_t, prior_weight = scalars.unbind()
-        # prior term: eps_hat - eps = (mu - D(mu + sigma eps, sigma)) / sigma, network not differentiated;
-        # x0_hat stays an inference tensor (read-only), which the in-place updates below only read
+        # prior term (Eq. 9): eps_hat - eps = (mu - D(mu + sigma eps, sigma)) / sigma, the network not
+        # differentiated; x0_hat stays an inference tensor (read-only), which the updates below only read
         with torch.inference_mode():
-            x0_hat = self.denoise(torch.addcmul(mu, noise, sigma_t), sigma)
+            x0_hat = self.denoise(torch.addcmul(mu, noise, sigma.to(mu.dtype)), sigma)
         # gradient with the official per-item normalisation (n_y entries of y, n_x of mu):
         #   g = grad_data / n_y + lam * w(sigma) / sigma * (mu - x0_hat) / n_x.
-        # Adam is run on n_y * g with eps * n_y, which is the same update (Adam is invariant to a
-        # constant gradient scale k when eps is scaled by k) with one kernel less; on a GPU the loop
-        # is launch-bound at small sizes, so the kernels of a step are kept few and in place.
-        n_y = y.numel() // y.shape[0]
+        # Adam is run on n_y * g with eps * n_y: the same update (Adam is invariant to a constant
+        # gradient scale k when eps is scaled by k), with one kernel less
+        n_x, n_y = mu.numel() // mu.shape[0], y.numel() // y.shape[0]
+        prior_weight = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / n_x * n_y
         if state["aty"] is not None:
             # out of place: A^H A may return its input itself (an identity physics)
             grad_data = physics.A_adjoint_A(mu) - state["aty"]
         else:
             grad_data, _ = data_fidelity_grad(mu, y, physics)
-        g = same_layout(grad_data.addcmul_(torch.sub(mu, x0_hat), prior_weight), mu)
+        g = _same_layout(grad_data.addcmul_(torch.sub(mu, x0_hat), prior_weight.to(mu.dtype)), mu)
         # Adam (Kingma & Ba, Algorithm 1, with bias corrections) as one fused in-place update of mu
-        # and its moments, the kernel behind torch.optim.Adam(fused=True): one kernel instead of
-        # six. mu is updated in place (callbacks clone what they keep, see DiffusionSampler).
-        state["count"].add_(1)
-        torch._fused_adam_([mu], [g], [state["m"]], [state["v"]], [], [state["count"]],
-                           lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
-                           eps=self.eps * n_y, amsgrad=False, maximize=False)
+        # and its moments (torch.optim's functional Adam; it advances the step count)
+        adam([mu], [g], [state["m"]], [state["v"]], [], [state["count"]], fused=True, amsgrad=False,
+             beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps * n_y,
+             maximize=False)
         return mu, x0_hat
+
+
+def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``like``'s strides (a copy only if they differ): the fused Adam update pairs the
+    entries of ``mu``, its gradient and moments by memory position."""
+    return t if t.stride() == like.stride() else torch.empty_like(like).copy_(t)
