@@ -2,8 +2,8 @@
 
 Plain random-ellipse phantoms are piecewise constant; real CT has thin bright skull shells,
 trabecular bone, smooth soft-tissue variation, fine texture and partial-volume blur. A prior
-trained on the bare phantoms lost to BM3D on real head and spine CT (measured with
-``benchmarks/eval_priors.py``), so each phantom here is randomised further:
+trained on the bare phantoms lost to BM3D on real head and spine CT (the ``ct-ellipses`` model
+card; ``benchmarks/priors/eval_priors.py``), so each phantom here is randomised further:
 
 - with probability 1/2 a skull-like shell: a bone ring (2-6 % of the field of view thick)
   along an ellipse enclosing the body, over a brain-like soft-tissue level;

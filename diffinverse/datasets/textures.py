@@ -1,8 +1,8 @@
 """Natural-image crops as a texture source for training priors on synthetic data.
 
 Synthetic training data (template brains, ellipse phantoms) is smoother than real scans, and a
-prior trained on it alone over-smooths real images at low noise levels (measured: the shipped
-priors lose to BM3D on real scans at sigma <= 0.2, see their model cards). Mixing in crops of
+prior trained on it alone over-smooths real images at low noise levels (the shipped priors'
+model cards compare them with BM3D on real scans). Mixing in crops of
 real photographs — which carry edges, fine texture and sensor noise at every scale — is a cheap
 way to teach the denoiser to keep such detail. The photographs are the greyscale-convertible
 images that scikit-image ships in its wheel (``skimage/data``: camera, brick, grass, gravel, moon,

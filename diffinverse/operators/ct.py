@@ -307,8 +307,8 @@ class CT(LinearPhysics):
             raise TypeError(f"{name} must be float32 or float64 (real), got {t.dtype}")
         if t.ndim != 4 or t.shape[1] != 1 or tuple(t.shape[2:]) != shape:
             raise ValueError(f"{name} must have shape (B, 1, {shape[0]}, {shape[1]}), got {tuple(t.shape)}")
-        # On CPU, numpy's single-threaded pass: under a loaded machine torch's OpenMP fork/join
-        # for this small reduction was measured to cost more than ASTRA's projection itself.
+        # On CPU, numpy's single-threaded pass: on a loaded machine torch's OpenMP fork/join for
+        # this small reduction can cost more than ASTRA's projection itself.
         finite = np.isfinite(t.detach().numpy()).all() if t.device.type == "cpu" else torch.isfinite(t).all()
         if not finite:
             raise ValueError(f"{name} contains non-finite values (nan or inf)")

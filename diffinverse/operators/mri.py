@@ -17,7 +17,7 @@ The normal operator ``A^H A`` of a Cartesian line mask (constant along the reado
 ``random_lines`` and ``equispaced_lines`` are) needs FFTs along the phase-encode axis ``W`` only:
 the transform along ``H`` commutes with a mask that does not vary along ``H`` and cancels against
 its inverse. The operators detect such masks at construction; ``A^H A`` then costs half the FFT
-work (1.4x faster in all at 15 coils, 320x320, batch 1 on a CPU, ``benchmarks/bench_mri.py``).
+work (timings in ``benchmarks/README.md``, MRI).
 2D masks (``variable_density_2d``) take 2D FFTs.
 
 ``compact(y)`` takes this further for solvers that need only ``||A x - y||`` and its gradients.
@@ -56,8 +56,8 @@ from deepinv.physics.noise import ZeroNoise
 __all__ = ["fft2c", "ifft2c", "to_channels", "to_complex", "SingleCoilMRI", "MultiCoilMRI"]
 
 # CPU chunk of coil images for the operators on the sampled lines (``compact``), in bytes: they make
-# more temporaries per chunk than the full operators, and at 16 MiB their adjoint ran about 1.7x
-# slower than at 4-8 MiB (8 coils, 256x256, batch 8, 2 cores)
+# more temporaries per chunk than the full operators, and run slower with the full operators'
+# 16 MiB chunks than with 4-8 MiB ones
 _LINES_CHUNK = 4 << 20
 
 
@@ -374,10 +374,9 @@ class MultiCoilMRI(_CartesianMRI):
             ``(A^H A + lambda I) x = A^H y``; 0 = plain least squares. With ESPIRiT maps
             (orthonormal per pixel) the eigenvalues of ``A^H A`` lie in [0, 1], so ``lambda`` is
             relative to them and independent of the data's scale. Unregularised CG on real
-            undersampled data amplifies noise as it converges (measured on a real 8-coil brain
-            at 4x: 28 dB after 5 iterations, 15 dB after 50); ``lambda = 0.01`` converges to
-            26 dB (one map set) / 30 dB (two) and costs a ``1 / (1 + lambda)`` shrinkage on
-            fully sampled data.
+            undersampled data amplifies noise as it converges; with ``lambda = 0.01`` it
+            converges without that blow-up (``benchmarks/README.md``, MRI, real data) at the
+            cost of a ``1 / (1 + lambda)`` shrinkage on fully sampled data.
 
     Shapes:
         ``A``: ``x (B, 2, H, W)`` or ``(B, 2, M, H, W)`` -> ``y (B, 2, C, H, W)``.

@@ -159,8 +159,8 @@ class SuperResolution(LinearPhysics):
         """Minimum-norm least-squares image ``A^T (A A^T)^{-1} y`` (Moore-Penrose inverse).
 
         ``(A A^T) u = y`` is solved by conjugate gradients on the low-resolution grid (it is
-        well conditioned: condition number below 5 for bicubic, measured for s = 2, 3, 4;
-        exactly ``I / s^2`` for box, where the result is nearest-neighbour upsampling).
+        well conditioned for bicubic, exactly ``I / s^2`` for box, where the result is
+        nearest-neighbour upsampling).
         ``A(A_dagger(y)) == y``; the result is smooth where the filter removed detail, a
         baseline rather than a prior-based guess.
 

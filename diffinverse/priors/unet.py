@@ -35,8 +35,8 @@ __all__ = ["UNet", "UNetNet"]
 # On the CPU a batch is denoised in parts whose widest activation (full resolution, the up path's
 # first block: about 3 * base_channels channels) holds at most this many bytes. glibc's malloc
 # serves blocks above 32 MiB with fresh mmap'd pages that the kernel zero-fills on first touch, at
-# every call: 8 images of 256x256 in one call took 2.2x (forward) and 1.5x (forward+backward) as
-# long as one image per call (``benchmarks/bench_network_call.py --batch-split``).
+# every call, so one large batch is slower than its parts (``benchmarks/README.md``; command:
+# ``benchmarks/samplers/bench_network_call.py --batch-split``).
 _CPU_ACTIVATION_BUDGET = 16 << 20
 
 
