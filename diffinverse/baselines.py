@@ -146,39 +146,30 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     moves. Steps start at ``tau = sigma = 0.99 / ||K||`` with ``||K||^2 <= ||A||^2 / c^2 +
     ||grad||^2`` and are then balanced per item by the residuals below (Goldstein et al.: ``tau``
     grows and ``sigma`` shrinks while the primal residual is the larger, and vice versa, with
-    ``tau sigma`` fixed and changes that fade within about 100 iterations). The best fixed ratio
-    ``tau / sigma`` depends on the problem: on a test deblurring it moved from 1 to 100 as ``lam``
-    fell from 0.05 to 0.002, and after 400 iterations ``tau = sigma`` was 6e-4 above the minimal
-    objective at ``lam`` 0.002, the balanced steps 2e-6. Iterations to the default ``tol`` on the
-    end-to-end tasks, ``tau = sigma`` against balanced: deblurring 5060 / 1400, super-resolution
-    over 20000 / 5230, CT 570 / 430, MRI 2030-11980 / 1020-3510 (one case hit 20000 with equal
-    steps), but box inpainting 1290 / 2870. Any linear physics works with
-    no tuning of step sizes. Items of a batch are independent problems solved together, and the
-    loop stops when the last of them reaches ``tol``: the others run on, so an item's result
-    depends on the batch it comes in. Where that matters, call it per item, as
-    ``diffinverse-reconstruct`` does for its slices (on 8 slices of 256x256 that was 1.75x faster,
-    and 0.11 dB lower in mean PSNR, since the quicker slices no longer run on; ``benchmarks/README.md``).
+    ``tau sigma`` fixed and changes that fade within about 100 iterations), since the best fixed
+    ratio ``tau / sigma`` depends on the problem and on ``lam``. Any linear physics works with no
+    tuning of step sizes. Items of a batch are independent problems solved together, and the loop
+    stops when the last of them reaches ``tol``: the others run on, so an item's result depends on
+    the batch it comes in. Where that matters, call it per item, as ``diffinverse-reconstruct``
+    does for its slices.
 
     The iteration stops when every item's relative primal and dual residuals (Goldstein et al.)
     are below ``tol``, checked every 10 iterations. The primal residual is ``||K^T (p, q)||``: the
     data term's gradient ``A^H p / c`` and the TV subgradient ``grad^T q`` cancel at the
     minimiser; it is taken relative to ``||A^H p / c|| + ||grad^T q|| + ||A^H y|| / c^2``. The dual
     residual is how far the last dual step is from the optimality condition ``K x in dF*(p, q)``,
-    relative to ``||K x|| + ||y / c||``. At the default ``tol`` the 13 end-to-end tasks with a TV
-    weight (64x64; ``benchmarks/bench_tv_convergence.py``, ``results/tv_convergence.log``) stopped
-    after 380-5230 iterations within 0.05 dB PSNR and 6e-5 (relative) of the objective after 8000,
-    except single-coil 8x random MRI at ``lam`` 3e-4: it stopped after 1760 iterations, 1.6e-3
-    above that objective and 0.10 dB below its PSNR (with a small ``lam`` the residuals understate
-    the distance; pass a smaller ``tol`` there). A fixed count does not suit them all either: 300
-    iterations left box inpainting 3.7 dB short with ``tau = sigma``.
+    relative to ``||K x|| + ||y / c||``. The default ``tol`` stops the end-to-end tasks close to
+    their minimisers, where no fixed iteration count suits them all; with a small ``lam`` the
+    residuals understate the distance, so pass a smaller ``tol`` there (convergence measured in
+    ``benchmarks/README.md``; command: ``benchmarks/operators/bench_tv_convergence.py``).
 
     An operator may offer the same problem in a smaller data space: a method ``compact(y)``
     returning ``(physics', y')`` with ``||A' x - y'|| = ||A x - y||`` for every ``x`` (up to a
     constant) and ``A'^H y' = A^H y``, or ``None``. The loop then runs on ``(physics', y')``:
     the same iterates up to float rounding, with less work per iteration. The MRI operators with a
-    line mask offer their sampled lines (:meth:`~diffinverse.operators.mri.MultiCoilMRI.compact`):
-    for 8 slices with 8 coils at 256x256, an iteration was 1.44-1.70x faster at 4x (random lines)
-    and 1.95-2.07x at 8x (equispaced) in two runs (``benchmarks/bench_tv_loop.py --full-kspace``).
+    line mask offer their sampled lines (:meth:`~diffinverse.operators.mri.MultiCoilMRI.compact`),
+    which makes an iteration cheaper the fewer lines are sampled (``benchmarks/README.md``;
+    command: ``benchmarks/operators/bench_tv_loop.py --full-kspace``).
 
     Args:
         y: measurements ``(B, ...)``.
@@ -225,8 +216,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     if x_init is None:
         # A^H y scaled by the exact line search from 0 along it, ||A^H y||^2 / ||A A^H y||^2 per item:
         # about A^H y for MRI (A^H A a projection), while for CT (||A||^2 in the thousands) the
-        # unscaled backprojection is far off and 300 iterations did not recover from it (60 views:
-        # 31.6 dB against 34.1 dB converged)
+        # unscaled backprojection is far off, and hundreds of iterations do not recover from it
         x = physics.A_adjoint(y)
         alpha = _sq_norms(x) / _sq_norms(physics.A(x)).clamp_min(1e-30)
         x = _per_item(alpha, x) * x
