@@ -12,8 +12,8 @@ drawn from a CUDA generator.
 
 Usage::
 
-    python benchmarks/bench_posterior.py --threads 2 --steps 20 --max-batch 4,8
-    python benchmarks/bench_posterior.py --device cuda --steps 20 --max-batch 4,8
+    python benchmarks/samplers/bench_posterior.py --threads 2 --steps 20 --max-batch 4,8
+    python benchmarks/samplers/bench_posterior.py --device cuda --steps 20 --max-batch 4,8
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ reconstruction time, the method's NMSE / PSNR / SSIM line and the process's peak
 
 Usage::
 
-    python benchmarks/cli_malloc.py --samplers dps reddiff --rounds 2
+    python benchmarks/cli/cli_malloc.py --samplers dps reddiff --rounds 2
 """
 from __future__ import annotations
 

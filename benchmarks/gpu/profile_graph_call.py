@@ -8,7 +8,7 @@ optimising them).
 
 Usage::
 
-    python benchmarks/profile_graph_call.py > profile.txt
+    python benchmarks/gpu/profile_graph_call.py > profile.txt
 """
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """How many iterations ``tv_reconstruction`` takes to its tolerance, and how close that gets (not a test).
 
-On each end-to-end task of ``tests/test_end_to_end.py`` that has a TV weight (its test images, seed
-0, 8 images, 64x64), runs TV with ``tol=0`` for 8000 iterations as the reference, then to each
+On each end-to-end task of :mod:`diffinverse.tasks` (its test images, seed 0, 8 images, 64x64), runs TV with ``tol=0`` for 8000 iterations as the reference, then to each
 ``--tols`` (capped at 20000 iterations), and prints the iterations used, PSNR / SSIM and its
 difference from the reference, and the worst relative objective gap. ``--equal-steps`` switches
 off the step balancing (``tau = sigma`` throughout), as before 2026-11-27.
 
 Usage:
-    python benchmarks/bench_tv_convergence.py [--tasks deblur_gaussian superres_4x] [--equal-steps]
+    python benchmarks/operators/bench_tv_convergence.py [--tasks deblur_gaussian superres_4x] [--equal-steps]
 """
 from __future__ import annotations
 
@@ -15,9 +14,9 @@ import argparse
 import warnings
 
 import torch
-from bench_end_to_end import load_test_module
 
-import diffinverse.samplers.baselines as baselines
+import diffinverse.baselines as baselines
+from diffinverse.tasks import TASKS, scores
 
 
 def main() -> None:
@@ -30,13 +29,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.equal_steps:
         baselines._ADAPT_START = 0.0
-    e2e = load_test_module()
-    for task in args.tasks or [t for t, c in e2e.CONFIG.items() if "tv_lam" in c]:
-        lam = e2e.CONFIG[task]["tv_lam"]
-        x, y, physics, _ = e2e.make_task(task, e2e.N_IMAGES, e2e.SIZE, e2e.TEST_SEED)
+    for task in args.tasks or TASKS:
+        lam = TASKS[task].tv_lam
+        problem = TASKS[task].problem()
+        x, y, physics = problem.x, problem.y, problem.physics
         ref = baselines.tv_reconstruction(y, physics, lam=lam, num_iters=8000, tol=0)
         ref_obj = baselines.tv_objective(ref, y, physics, lam)
-        ref_psnr, ref_ssim = e2e.scores(x, ref)
+        ref_psnr, ref_ssim = scores(x, ref)
         print(f"{task}: 8000 iterations {ref_psnr:.2f} / {ref_ssim:.4f}", flush=True)
         for tol in args.tols:
             iters = [0]
@@ -44,7 +43,7 @@ def main() -> None:
                 warnings.simplefilter("ignore", RuntimeWarning)  # reaching the cap is reported below
                 out = baselines.tv_reconstruction(y, physics, lam=lam, num_iters=20000, tol=tol,
                                                   callback=lambda i, _: iters.__setitem__(0, i + 1))
-            p, s = e2e.scores(x, out)
+            p, s = scores(x, out)
             gap = ((baselines.tv_objective(out, y, physics, lam) - ref_obj) / ref_obj).max().item()
             print(f"  tol {tol:g}: {iters[0]} iterations{' (cap)' if iters[0] == 20000 else ''}, "
                   f"{p:.2f} / {s:.4f} ({p - ref_psnr:+.3f} dB), objective gap {gap:.1e}", flush=True)

@@ -5,7 +5,7 @@ this repeats the comparison on other draws (same images, same PSNR definition).
 
 Usage::
 
-    python benchmarks/eval_priors_seeds.py --prior mri-brain --seeds 2 3 --out seeds.json
+    python benchmarks/priors/eval_priors_seeds.py --prior mri-brain --seeds 2 3 --out seeds.json
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ default), deepinv the standard layout; each overhead is taken against the networ
 layout its sampler uses.
 
 Usage:
-    python benchmarks/bench_samplers.py --size 64 --steps 10 --threads 2 [--channels 2] [--device cuda]
+    python benchmarks/samplers/bench_samplers.py --size 64 --steps 10 --threads 2 [--channels 2] [--device cuda]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """An experiment, not adopted: FISTA with warm-started inner TV proxes against ``tv_reconstruction``'s PDHG.
 
-The TV baseline costs 13-21 s per 256x256 8-coil slice on 2 CPU cores (``results/full_resolution_mri.log``),
+The TV baseline costs 13-21 s per 256x256 8-coil slice on 2 CPU cores (``benchmarks/results/full_resolution_mri.log``),
 nearly all in the operator: one PDHG iteration applies ``A`` and ``A^H`` once each. FISTA (Beck &
 Teboulle 2009) applies only ``A^H A`` once per iteration (half the FFT work for line masks) and is
 accelerated, but its TV prox has no closed form: it is solved inexactly by fast gradient projection
@@ -12,25 +12,30 @@ For each problem it prints PDHG to its default ``tol`` and FISTA's checkpoints: 
 largest relative distance ``||x - x_ref|| / ||x_ref||`` and relative objective gap to ``x_ref``
 (PDHG, 8000 iterations), and FISTA's stopping quantities: the relative stationarity residual
 ``||grad f + lam grad^T q|| / (||grad f|| + ||lam grad^T q|| + ||A^H y||)`` and the prox's relative
-duality gap. Problems: two held-out 256x256 slices of ``bench_full_resolution_mri.py``'s setting (8
+duality gap. Problems: two held-out 256x256 slices of ``benchmarks/samplers/bench_full_resolution_mri.py``'s setting (8
 coils, 4x random lines, estimated maps, ``lam`` 0.001) and end-to-end tasks at 64x64.
 
 Usage:
-    python benchmarks/tv_fista_experiment.py [--tasks mri_8coil_8x_equispaced ...] [--skip-full]
+    python benchmarks/operators/tv_fista_experiment.py [--tasks mri_8coil_8x_equispaced ...] [--skip-full]
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
-from bench_end_to_end import load_test_module
-from bench_full_resolution_mri import problem
 
+from diffinverse import baselines as bl
+from diffinverse.baselines import _grad, _grad_adjoint, _magnitude, _norms, _sq_norms
+from diffinverse.imaging import per_item as _per_item
 from diffinverse.operators import MultiCoilMRI
-from diffinverse.samplers import baselines as bl
-from diffinverse.samplers.baselines import _grad, _grad_adjoint, _magnitude, _norms, _per_item, _sq_norms
+from diffinverse.tasks import TASKS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samplers"))
+from bench_full_resolution_mri import problem  # noqa: E402  (benchmarks/samplers: the 256x256 problem)
 
 
 def _fgp(z, mu, q, s, iters):
@@ -108,10 +113,9 @@ def main() -> None:
     if not args.skip_full:
         _, y, mask, maps = problem(2, 4, "random", 0.08, seed=2000)
         compare("256x256 8-coil 4x random, 2 slices", y, MultiCoilMRI(mask, maps), 0.001, args.iters)
-    e2e = load_test_module()
     for task in args.tasks:
-        _, y, physics, _ = e2e.make_task(task, e2e.N_IMAGES, e2e.SIZE, e2e.TEST_SEED)
-        compare(f"{task} (64x64, 8 images)", y, physics, e2e.CONFIG[task]["tv_lam"], args.iters)
+        p = TASKS[task].problem()
+        compare(f"{task} (64x64, 8 images)", p.y, p.physics, TASKS[task].tv_lam, args.iters)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How well the samplers' posterior spread predicts their error on the end-to-end tasks (not a test).
 
-For each task of ``tests/test_end_to_end.py`` given, draws ``--samples`` posterior samples per
+For each task of :data:`diffinverse.tasks.TASKS` given, draws ``--samples`` posterior samples per
 image with ``posterior()`` (the task's frozen settings and warm start, ``--images`` held-out images
 of seed 2000) and reports, over all pixels (magnitude images for MRI):
 
@@ -11,7 +11,7 @@ of seed 2000) and reports, over all pixels (magnitude images for MRI):
   (does the spread point at the errors?).
 
 Usage:
-    python benchmarks/posterior_calibration.py --tasks mri_8coil_4x_random ct_60_views --samples 16
+    python benchmarks/samplers/posterior_calibration.py --tasks mri_8coil_4x_random ct_60_views --samples 16
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import argparse
 import numpy as np
 import scipy.stats
 import torch
-from bench_end_to_end import _priors, build_sampler, load_test_module, warm_start
+from bench_end_to_end import LABEL
 
-from diffinverse.samplers import DPS, REDDiff
+from diffinverse.imaging import magnitude
+from diffinverse.tasks import SAMPLER_SEED, SIZE, TASKS, frozen_priors, scores
 
 
 def main() -> None:
@@ -34,25 +35,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    e2e = load_test_module()
-    priors = _priors(e2e)
+    priors = frozen_priors()
     for task in args.tasks:
-        cfg = e2e.CONFIG[task]
-        x, y, physics, prior_name = e2e.make_task(task, args.images, e2e.SIZE, args.seed)
-        x_init, _ = warm_start(e2e, cfg, y, physics)
-        truth = e2e.magnitude(x) if task.startswith("mri") else x
-        for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
-            sampler, sigma_start = build_sampler(cls, priors[prior_name], cfg[name.lower().replace("-", "")])
+        spec = TASKS[task]
+        problem = spec.problem(args.images, SIZE, args.seed)
+        x, y, physics = problem.x, problem.y, problem.physics
+        x_init = spec.warm_start(y, physics)
+        truth = magnitude(x)
+        for method in spec.settings:
+            name = LABEL.get(method, method)
+            sampler, sigma_start = spec.sampler(method, priors[spec.prior])
             post = sampler.posterior(
-                y, physics, num_samples=args.samples, generator=torch.Generator().manual_seed(1),
+                y, physics, num_samples=args.samples, generator=torch.Generator().manual_seed(SAMPLER_SEED),
                 x_init=x_init, sigma_start=sigma_start)
-            samples = torch.stack([e2e.magnitude(s) for s in post.samples]) if task.startswith("mri") \
-                else post.samples
+            samples = torch.stack([magnitude(s) for s in post.samples])
             mean, std = samples.mean(0), samples.std(0)
             err = (truth - mean).abs()
             coverage = (err <= 1.96 * std).float().mean().item()
             rho = scipy.stats.spearmanr(std.flatten().numpy(), err.flatten().numpy()).statistic
-            one, avg = e2e.scores(x, post.samples[0]), e2e.scores(x, post.mean)
+            one, avg = scores(x, post.samples[0]), scores(x, post.mean)
             print(f"{task:24s} {name:8s} one sample {one[0]:.2f} / {one[1]:.3f}  mean {avg[0]:.2f} / {avg[1]:.3f}  "
                   f"coverage(1.96 std) {coverage:.3f}  spearman(std, |err|) {rho:.2f}  "
                   f"median std {np.median(std.numpy()):.4f} median |err| {np.median(err.numpy()):.4f}", flush=True)

@@ -8,7 +8,7 @@ set just before it, and "setup MB" / "setup s" are what building the operator (a
 added, imports excluded.
 
 Usage:
-    OMP_NUM_THREADS=2 python benchmarks/bench_ct.py [--size 256] [--views 180] [--repeats 10] [--batch 1]
+    OMP_NUM_THREADS=2 python benchmarks/operators/bench_ct.py [--size 256] [--views 180] [--repeats 10] [--batch 1]
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ dispatched between two network calls (a ``TorchDispatchMode`` hook; the network'
 counted) on the samplers' default single-coil 4x MRI problem, and lists them.
 
 Usage:
-    python benchmarks/count_step_ops.py [--size 64] [--list]
+    python benchmarks/samplers/count_step_ops.py [--size 64] [--list]
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Quality (``--quality PATH``): on the real fully sampled 8-coil brain (ESPIRiT "b
 image of zero-filled RSS and SENSE-CG with ESPIRiT maps (1 and 2 map sets).
 
 Run:
-    OMP_NUM_THREADS=2 python benchmarks/bench_mri.py [--rounds 7] [--quality FILE.mat]
+    OMP_NUM_THREADS=2 python benchmarks/operators/bench_mri.py [--rounds 7] [--quality FILE.mat]
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ split into parts, see ``diffinverse/priors/unet.py``) with one call on the whole
 
 Usage::
 
-    python benchmarks/bench_network_call.py --threads 2 --repeats 5 [--prior ct-ellipses] [--autocast | --batch-split]
+    python benchmarks/samplers/bench_network_call.py --threads 2 --repeats 5 [--prior ct-ellipses] [--autocast | --batch-split]
 """
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ ship with the package.
 
 Usage::
 
-    python benchmarks/eval_priors.py --prior mri-brain --out diffinverse/weights/mri-brain.eval.json
-    python benchmarks/eval_priors.py --prior ct-ellipses --out diffinverse/weights/ct-ellipses.eval.json
+    python benchmarks/priors/eval_priors.py --prior mri-brain --out diffinverse/weights/mri-brain.eval.json
+    python benchmarks/priors/eval_priors.py --prior ct-ellipses --out diffinverse/weights/ct-ellipses.eval.json
     # a training checkpoint of a fine-tune of mri-brain (its EMA or its trained weights):
-    python benchmarks/eval_priors.py --prior mri-brain --checkpoint runs/ft2/mri-brain/checkpoint.safetensors \
+    python benchmarks/priors/eval_priors.py --prior mri-brain --checkpoint runs/ft2/mri-brain/checkpoint.safetensors \
         --weights ema --no-bm3d --out runs/ft2/eval_ema.json
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 
 SIGMAS = (0.05, 0.1, 0.2, 0.5)
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 
 
 def _scale_complex(z: np.ndarray) -> torch.Tensor:

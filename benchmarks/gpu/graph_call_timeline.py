@@ -8,7 +8,7 @@ Until the first replay is launched the GPU waits; after it, the host runs ahead 
 
 Usage::
 
-    python benchmarks/graph_call_timeline.py
+    python benchmarks/gpu/graph_call_timeline.py
 """
 from __future__ import annotations
 

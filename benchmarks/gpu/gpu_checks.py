@@ -11,7 +11,7 @@
 
 Usage::
 
-    python benchmarks/gpu_checks.py --out gpu_checks.json [--rounds 30] [--steps 20] [--graph-only]
+    python benchmarks/gpu/gpu_checks.py --out gpu_checks.json [--rounds 30] [--steps 20] [--graph-only]
         [--cpu-generator] [--skip operators profile]
 """
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Tune deepinv's ``DPS`` guidance ``weight`` for an end-to-end task (cold start, its defaults otherwise).
 
-On the tuning images of ``tests/test_end_to_end.py`` (seed 1000, 2 images, 64x64), with our shipped
+On the tuning images of :mod:`diffinverse.tasks` (seed 1000, 2 images, 64x64), with our shipped
 prior as deepinv's denoiser; prints mean PSNR / SSIM per weight. The weights behind the
 ``--deepinv-weights`` of ``bench_end_to_end.py`` came from::
 
-    python benchmarks/tune_deepinv_dps.py mri_1coil_4x_random 250 0.1,0.3,1,3,10,30,100,300
-    python benchmarks/tune_deepinv_dps.py ct_60_views 250 0.01,0.03,0.1,0.3,1,3,10,30,100
-    python benchmarks/tune_deepinv_dps.py mri_1coil_4x_random 1000 10,30
-    python benchmarks/tune_deepinv_dps.py ct_60_views 1000 3,10
+    python benchmarks/samplers/tune_deepinv_dps.py mri_1coil_4x_random 250 0.1,0.3,1,3,10,30,100,300
+    python benchmarks/samplers/tune_deepinv_dps.py ct_60_views 250 0.01,0.03,0.1,0.3,1,3,10,30,100
+    python benchmarks/samplers/tune_deepinv_dps.py mri_1coil_4x_random 1000 10,30
+    python benchmarks/samplers/tune_deepinv_dps.py ct_60_views 1000 3,10
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import argparse
 import time
 
 import torch
-from bench_end_to_end import deepinv_dps, load_test_module
+from bench_end_to_end import deepinv_dps
 
-from diffinverse.priors import load
+from diffinverse.tasks import SAMPLER_SEED, SIZE, TASKS, TUNING_SEED, frozen_prior, scores
 
 
 def main() -> None:
@@ -29,12 +29,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    e2e = load_test_module()
-    x, y, physics, prior_name = e2e.make_task(args.task, args.images, 64, 1000)
-    prior = load(prior_name).eval().requires_grad_(False)
+    task = TASKS[args.task]
+    problem = task.problem(args.images, SIZE, TUNING_SEED)
+    x, y, physics = problem.x, problem.y, problem.physics
+    prior = frozen_prior(task.prior)
     for w in (float(v) for v in args.weights.split(",")):
         t = time.perf_counter()
-        p, s = e2e.scores(x, deepinv_dps(prior, args.steps, y, physics, 1, w))
+        p, s = scores(x, deepinv_dps(prior, args.steps, y, physics, SAMPLER_SEED, w))
         print(f"{args.task} steps {args.steps} weight {w:g}  PSNR {p:.2f} SSIM {s:.4f}  {time.perf_counter() - t:.0f}s",
               flush=True)
 

@@ -10,8 +10,8 @@ their ratio and the largest difference of their outputs. The baseline is either
   ``LinearPhysics`` that offers no ``compact()`` (the current loop itself runs on the sampled lines).
 
 Usage:
-    python benchmarks/bench_tv_loop.py /tmp/baselines_old.py [--size 256] [--batch 2] [--iters 50]
-    python benchmarks/bench_tv_loop.py --full-kspace [--batch 8] [--acceleration 8 --mask equispaced]
+    python benchmarks/operators/bench_tv_loop.py /tmp/baselines_old.py [--size 256] [--batch 2] [--iters 50]
+    python benchmarks/operators/bench_tv_loop.py --full-kspace [--batch 8] [--acceleration 8 --mask equispaced]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from diffinverse.operators import MultiCoilMRI, equispaced_lines, random_lines, simulate_coil_maps
-from diffinverse.samplers import baselines
+from diffinverse import baselines
 
 
 def main() -> None:

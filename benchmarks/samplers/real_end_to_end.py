@@ -1,9 +1,10 @@
 """The end-to-end tasks on real images, with the settings frozen on synthetic ones (not a test).
 
-``tests/test_end_to_end.py`` checks DPS and RED-Diff against the classical baselines on held-out
+``tests/test_end_to_end.py`` checks the samplers against the classical baselines on held-out
 synthetic images (MNI152 slices for MRI, domain-randomised phantoms for the rest), where the
 hyper-parameters were tuned. This script runs the same tasks, noise and frozen settings on real
-images that no prior, setting or test has seen, from ``../shared/data/real`` (never shipped):
+images that no prior, setting or test has seen, from ``../shared/data/real`` (never shipped; read
+by ``benchmarks/priors/eval_priors.py``):
 
 * MRI tasks (``mri-brain`` prior): the root-sum-of-squares of the fully sampled 8-coil ESPIRiT
   brain and the four fastMRI-derived knee images of score-MRI (one complex, three magnitude),
@@ -18,21 +19,25 @@ Prints mean PSNR / SSIM per task and method and how many images each sampler win
 SSIM both above the best baseline's).
 
 Usage:
-    python benchmarks/real_end_to_end.py [--size 64] [--seed 2000] [--tasks ct_60_views ...]
+    python benchmarks/samplers/real_end_to_end.py [--size 64] [--seed 2000] [--tasks ct_60_views ...]
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_end_to_end import LABEL
 
-import eval_priors
-from bench_end_to_end import _priors, load_test_module, run_sampler
+from diffinverse.imaging import to_prior_range
 from diffinverse.operators.mri import fft2c, ifft2c, to_channels
-from diffinverse.samplers.dps import DPS
-from diffinverse.samplers.reddiff import REDDiff
+from diffinverse.tasks import SAMPLER_SEED, TASKS, frozen_priors, image_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "priors"))
+import eval_priors  # noqa: E402  (benchmarks/priors: the real images of the priors' evaluation)
 
 
 def _complex_to_prior_scale(z: torch.Tensor, size: int) -> torch.Tensor:
@@ -41,9 +46,7 @@ def _complex_to_prior_scale(z: torch.Tensor, size: int) -> torch.Tensor:
     top, left = (z.shape[0] - n) // 2, (z.shape[1] - n) // 2
     k = fft2c(z[top:top + n, left:left + n])
     c = (n - size) // 2
-    x = to_channels(ifft2c(k[c:c + size, c:c + size])[None])
-    q = torch.quantile(x.square().sum(1).sqrt().flatten(), 0.995)
-    return (x / q).contiguous()
+    return to_prior_range(to_channels(ifft2c(k[c:c + size, c:c + size])[None]))[0].contiguous()
 
 
 def real_mri_images(size: int) -> dict[str, torch.Tensor]:
@@ -57,9 +60,9 @@ def real_ct_images(size: int) -> dict[str, torch.Tensor]:
     return {name: F.interpolate(x, size=(size, size), mode="area") for name, x in eval_priors.real_ct_images().items()}
 
 
-def per_image_scores(e2e, x: torch.Tensor, est: torch.Tensor) -> np.ndarray:
+def per_image_scores(x: torch.Tensor, est: torch.Tensor) -> np.ndarray:
     """``(n, 2)``: PSNR and SSIM of each image."""
-    return np.array([e2e.scores(x[i:i + 1], est[i:i + 1]) for i in range(len(x))])
+    return np.array(image_scores(x, est))
 
 
 def main() -> None:
@@ -70,27 +73,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    e2e = load_test_module()
-    priors = _priors(e2e)
-    images = {"mri": real_mri_images(args.size), "other": real_ct_images(args.size)}
-    for task in args.tasks or e2e.CONFIG:
-        cfg = e2e.CONFIG[task]
-        group = images["mri" if task.startswith("mri") else "other"]
-        x_real = torch.cat(list(group.values()))
-        x, y, physics, prior_name = e2e.make_task(task, len(x_real), args.size, args.seed, x=x_real)
+    priors = frozen_priors()
+    images = {"mri-brain": real_mri_images(args.size), "ct-ellipses": real_ct_images(args.size)}
+    for task in args.tasks or TASKS:
+        spec = TASKS[task]
+        x_real = torch.cat(list(images[spec.prior].values()))
+        problem = spec.problem(len(x_real), args.size, args.seed, x=x_real)
+        x, y, physics = problem.x, problem.y, problem.physics
         adjoint = physics.A_dagger(y)
-        results = {"A_dagger": per_image_scores(e2e, x, adjoint)}
-        x_tv = None
-        if "tv_lam" in cfg:  # the baseline, or (MRI) a reference outside "best"
-            x_tv = e2e.tv(y, physics, cfg["tv_lam"])
-            results["TV"] = per_image_scores(e2e, x, x_tv)
-        x_init = x_tv if cfg["init"] == "tv" else adjoint
-        for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
-            out, _ = run_sampler(cls, priors[prior_name], cfg[name.lower().replace("-", "")], y, physics, x_init, 1)
-            results[name] = per_image_scores(e2e, x, out)
-        best = np.maximum.reduce([results["A_dagger"], *([results["TV"]] if cfg["baseline"] == "tv" else [])])
+        results = {"A_dagger": per_image_scores(x, adjoint)}
+        # TV: the baseline, or (MRI) a reference outside "best"
+        x_tv = spec.tv(y, physics)
+        results["TV"] = per_image_scores(x, x_tv)
+        x_init = x_tv if spec.init == "tv" else adjoint
+        samplers = [LABEL.get(method, method) for method in spec.settings]
+        for method, name in zip(spec.settings, samplers):
+            out, _ = spec.run(method, priors[spec.prior], y, physics, x_init, seed=SAMPLER_SEED)
+            results[name] = per_image_scores(x, out)
+        best = np.maximum.reduce([results["A_dagger"], *([results["TV"]] if spec.baseline == "tv" else [])])
         cells = [f"{k} {v[:, 0].mean():.2f} / {v[:, 1].mean():.3f}" for k, v in results.items()]
-        wins = [f"{k} wins {int(((results[k] > best).all(1)).sum())}/{len(x)}" for k in ("DPS", "RED-Diff")]
+        wins = [f"{k} wins {int(((results[k] > best).all(1)).sum())}/{len(x)}" for k in samplers]
         print(f"{task:26s} " + " | ".join(cells + wins), flush=True)
 
 

@@ -1,6 +1,6 @@
 """A sampler option off and on, end to end: PSNR / SSIM / time per task (``autocast`` or ``channels_last``).
 
-On the tasks and frozen settings of ``tests/test_end_to_end.py`` (as ``bench_end_to_end.py``),
+On the tasks and frozen settings of :mod:`diffinverse.tasks` (as ``bench_end_to_end.py``),
 each sampler runs from the same warm start and seed with the option off and on, over
 ``--repeats`` rounds in alternating order; time is the sampler call alone (the warm start is
 shared), the minimum over the rounds. ``autocast`` runs the network in bfloat16 (everything else
@@ -10,8 +10,8 @@ the CPU; printed first).
 
 Usage::
 
-    python benchmarks/bench_sampler_option.py --option autocast --threads 2 --json results/autocast_cpu.json
-    python benchmarks/bench_sampler_option.py --option channels_last --seed 0 --threads 1 --repeats 2 \\
+    python benchmarks/samplers/bench_sampler_option.py --option autocast --threads 2 --json benchmarks/results/autocast_cpu.json
+    python benchmarks/samplers/bench_sampler_option.py --option channels_last --seed 0 --threads 1 --repeats 2 \\
         --tasks mri_1coil_4x_random,ct_60_views
 """
 from __future__ import annotations
@@ -21,10 +21,9 @@ import json
 import time
 
 import torch
-from bench_end_to_end import _priors, add_problem_arguments, load_test_module, run_sampler, warm_start
+from bench_end_to_end import LABEL, add_problem_arguments
 
-from diffinverse.samplers.dps import DPS
-from diffinverse.samplers.reddiff import REDDiff
+from diffinverse.tasks import SAMPLER_SEED, TASKS, frozen_priors, scores
 
 
 def main() -> None:
@@ -36,26 +35,26 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print("CPU bf16 support (mkldnn):", torch.ops.mkldnn._is_mkldnn_bf16_supported(), flush=True)
-    e2e = load_test_module()
-    priors = _priors(e2e)
+    priors = frozen_priors()
     rows = []
-    for task in [t for t in args.tasks.split(",") if t] or e2e.CONFIG:
-        cfg = e2e.CONFIG[task]
-        x, y, physics, prior_name = e2e.make_task(task, args.images, args.size, args.seed)
-        x_init, _ = warm_start(e2e, cfg, y, physics)
-        for name, cls in (("DPS", DPS), ("RED-Diff", REDDiff)):
-            kw = cfg[name.lower().replace("-", "")]
-            best, scores = {False: float("inf"), True: float("inf")}, {}
+    for task in [t for t in args.tasks.split(",") if t] or TASKS:
+        spec = TASKS[task]
+        problem = spec.problem(args.images, args.size, args.seed)
+        y, physics = problem.y, problem.physics
+        x_init = spec.warm_start(y, physics)
+        for method in spec.settings:
+            name = LABEL.get(method, method)
+            best, score = {False: float("inf"), True: float("inf")}, {}
             for r in range(args.repeats):
                 for on in ((False, True) if r % 2 == 0 else (True, False)):
                     t = time.perf_counter()
-                    out, nfe = run_sampler(cls, priors[prior_name], {**kw, args.option: on}, y, physics, x_init,
-                                           e2e.SAMPLER_SEED)
+                    out, nfe = spec.run(method, priors[spec.prior], y, physics, x_init, seed=SAMPLER_SEED,
+                                        **{args.option: on})
                     best[on] = min(best[on], time.perf_counter() - t)
-                    scores[on] = e2e.scores(x, out)
+                    score[on] = scores(problem.x, out)
             row = {"task": task, "sampler": name, "nfe": nfe,
                    **{f"{tag}_{m}": v for on, tag in ((False, "off"), (True, "on"))
-                      for m, v in zip(("psnr", "ssim", "time_s"), (*scores[on], best[on]))}}
+                      for m, v in zip(("psnr", "ssim", "time_s"), (*score[on], best[on]))}}
             row["speedup"] = row["off_time_s"] / row["on_time_s"]
             rows.append(row)
             print(f"{task:26s} {name:8s} NFE {nfe:3d}  {args.option} off {row['off_psnr']:6.2f} / "

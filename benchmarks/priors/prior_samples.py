@@ -3,7 +3,7 @@ and the intensity statistics that ``tests/test_shipped_priors.py`` bounds.
 
 Usage::
 
-    python benchmarks/prior_samples.py   # writes diffinverse/weights/<name>.samples.png
+    python benchmarks/priors/prior_samples.py   # writes diffinverse/weights/<name>.samples.png
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from diffinverse.priors import load, sample_heun  # noqa: E402
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "diffinverse" / "weights"
+WEIGHTS = Path(__file__).resolve().parents[2] / "diffinverse" / "weights"
 
 
 def training_like(name: str, n: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -7,7 +7,7 @@ shipped ``mri-brain`` network's forward pass both ways (the former path re-creat
 in 30 interleaved rounds of 20 calls after 2 warm-up rounds.
 
 Usage:
-    python benchmarks/bench_sigma_check.py
+    python benchmarks/gpu/bench_sigma_check.py
 """
 import statistics
 

@@ -11,7 +11,7 @@ RED-Diff on the first ESPIRiT map set's image, warm-started from two-map SENSE a
 sampler and for the zero-filled and SENSE baselines, as it does for any fastMRI file.
 
 Usage:
-    python benchmarks/real_brain_cli.py /work/shared/data/real/mri_kspace/espirit_brain_alias_8ch.mat \\
+    python benchmarks/cli/real_brain_cli.py /work/shared/data/real/mri_kspace/espirit_brain_alias_8ch.mat \\
         [--masks random equispaced] [--samplers dps reddiff tv] [--acceleration 4] [--seeds 0] \\
         [--options --warm-start tv]
 """

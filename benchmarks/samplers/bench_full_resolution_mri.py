@@ -16,7 +16,7 @@ time, as the command line does. ``--bf16`` runs the samplers' network in bfloat1
 the command line's ``--bf16``).
 
 Usage:
-    python benchmarks/bench_full_resolution_mri.py [--slices 8] [--acceleration 4] [--mask random]
+    python benchmarks/samplers/bench_full_resolution_mri.py [--slices 8] [--acceleration 4] [--mask random]
         [--methods sense tv tv-per-slice dps dps-mean reddiff] [--bf16]
 """
 from __future__ import annotations
@@ -25,13 +25,15 @@ import argparse
 import time
 
 import torch
-from bench_end_to_end import load_test_module
 
+from diffinverse.baselines import tv_reconstruction
 from diffinverse.datasets.brain import BrainSlices
 from diffinverse.operators import (MultiCoilMRI, equispaced_lines, estimate_coil_maps, random_lines,
                                    simulate_coil_maps, to_complex)
 from diffinverse.priors import load
-from diffinverse.samplers import DPS, REDDiff, tv_reconstruction
+from diffinverse.samplers import DPS, REDDiff
+from diffinverse.tasks import CENTER_FRACTION, scores
+
 
 def problem(slices: int, acceleration: int, mask_kind: str, center_fraction: float, seed: int):
     """``slices`` held-out 256x256 slices, 8 simulated coils, a line mask, k-space noise 0.005 on the
@@ -48,10 +50,9 @@ def problem(slices: int, acceleration: int, mask_kind: str, center_fraction: flo
 
 
 def main() -> None:
-    e2e = load_test_module()  # its centre fractions and per-slice scores
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=8)
-    ap.add_argument("--acceleration", type=int, default=4, choices=sorted(e2e.CENTER_FRACTION))
+    ap.add_argument("--acceleration", type=int, default=4, choices=sorted(CENTER_FRACTION))
     ap.add_argument("--mask", choices=["random", "equispaced"], default="random")
     ap.add_argument("--samples", type=int, default=4, help="DPS posterior samples for the mean")
     ap.add_argument("--seed", type=int, default=2000)
@@ -62,7 +63,7 @@ def main() -> None:
                     default=["sense", "tv", "dps", "dps-mean", "reddiff"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    x, y, mask, maps = problem(args.slices, args.acceleration, args.mask, e2e.CENTER_FRACTION[args.acceleration],
+    x, y, mask, maps = problem(args.slices, args.acceleration, args.mask, CENTER_FRACTION[args.acceleration],
                                args.seed)
     shape = tuple(x.shape[-2:])
     physics = MultiCoilMRI(mask, maps)                                             # per-slice maps
@@ -91,7 +92,7 @@ def main() -> None:
         start = time.perf_counter()
         out = run()
         seconds = (time.perf_counter() - start) * per_slice
-        p, s = e2e.scores(x, out)
+        p, s = scores(x, out)
         print(f"{name:30s} PSNR {p:6.2f}  SSIM {s:.3f}  {seconds:6.1f} s per slice", flush=True)
 
 
