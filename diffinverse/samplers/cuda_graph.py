@@ -1,8 +1,9 @@
 """A sampler's step replayed as a CUDA graph: one launch per step instead of hundreds.
 
-On a GPU, small images leave a sampler bound by kernel launches: at 64x64, batch 4, the shipped
-1.5M-parameter UNet launches 426 kernels per call, and the step adds 15-20 of its own (noise, the
-operator, the update), whose host-side cost exceeds the GPU's work. :class:`StepGraphs` captures a
+On a GPU, small images leave a sampler bound by kernel launches: the network launches hundreds of
+kernels per call and the step a few dozen of its own (noise, the operator, the update), whose
+host-side cost can exceed the GPU's work (counts and timings: ``benchmarks/README.md``, GPU
+section). :class:`StepGraphs` captures a
 sampler's whole step once (after warm-up runs on a side stream, as CUDA graphs require) over fixed
 buffers, and replays it: per step one noise draw into its buffer and one graph launch.
 
