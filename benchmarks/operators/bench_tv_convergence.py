@@ -1,8 +1,9 @@
 """How many iterations ``tv_reconstruction`` takes to its tolerance, and how close that gets (not a test).
 
-On each end-to-end task of :mod:`diffinverse.tasks` (its test images, seed 0, 8 images, 64x64), runs TV with ``tol=0`` for 8000 iterations as the reference, then to each
-``--tols`` (capped at 20000 iterations), and prints the iterations used, PSNR / SSIM and its
-difference from the reference, and the worst relative objective gap. ``--equal-steps`` switches
+On each end-to-end task of :mod:`diffinverse.tasks` (its test images, seed 0, 8 images, 64x64),
+runs TV with ``tol=0`` for 8000 iterations as the reference, then to each ``--tols`` (capped at
+20000 iterations), and prints the iterations used, PSNR / SSIM and its difference from the
+reference, and the worst relative objective gap. ``--equal-steps`` switches
 off the step balancing (``tau = sigma`` throughout), as before 2026-11-27.
 
 Usage:

@@ -1,7 +1,7 @@
 """An experiment, not adopted: FISTA with warm-started inner TV proxes against ``tv_reconstruction``'s PDHG.
 
-The TV baseline costs 13-21 s per 256x256 8-coil slice on 2 CPU cores (``benchmarks/results/full_resolution_mri.log``),
-nearly all in the operator: one PDHG iteration applies ``A`` and ``A^H`` once each. FISTA (Beck &
+The TV baseline costs 13-21 s per 256x256 8-coil slice on 2 CPU cores
+(``benchmarks/results/full_resolution_mri.log``), nearly all in the operator: one PDHG iteration applies ``A`` and ``A^H`` once each. FISTA (Beck &
 Teboulle 2009) applies only ``A^H A`` once per iteration (half the FFT work for line masks) and is
 accelerated, but its TV prox has no closed form: it is solved inexactly by fast gradient projection
 on the prox's dual (FGP), warm-started from the previous iteration's dual, with ``10 + k // 5``
@@ -12,8 +12,9 @@ For each problem it prints PDHG to its default ``tol`` and FISTA's checkpoints: 
 largest relative distance ``||x - x_ref|| / ||x_ref||`` and relative objective gap to ``x_ref``
 (PDHG, 8000 iterations), and FISTA's stopping quantities: the relative stationarity residual
 ``||grad f + lam grad^T q|| / (||grad f|| + ||lam grad^T q|| + ||A^H y||)`` and the prox's relative
-duality gap. Problems: two held-out 256x256 slices of ``benchmarks/samplers/bench_full_resolution_mri.py``'s setting (8
-coils, 4x random lines, estimated maps, ``lam`` 0.001) and end-to-end tasks at 64x64.
+duality gap. Problems: two held-out 256x256 slices of the setting of
+``benchmarks/samplers/bench_full_resolution_mri.py`` (8 coils, 4x random lines, estimated maps,
+``lam`` 0.001) and end-to-end tasks at 64x64.
 
 Usage:
     python benchmarks/operators/tv_fista_experiment.py [--tasks mri_8coil_8x_equispaced ...] [--skip-full]

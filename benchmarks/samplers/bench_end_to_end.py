@@ -55,7 +55,8 @@ def table(priors, size, n, seed, tasks=None):
             rows.append((name, f"{LABEL.get(method, method)} (warm)", *scores(x, out), t + t_init, nfe))
         for r in rows:
             if r[0] == name:
-                print(f"{r[0]:26s} {r[1]:24s} PSNR {r[2]:6.2f} SSIM {r[3]:.4f} time {r[4]:7.2f}s NFE {r[5]}", flush=True)
+                print(f"{r[0]:26s} {r[1]:24s} PSNR {r[2]:6.2f} SSIM {r[3]:.4f} time {r[4]:7.2f}s NFE {r[5]}",
+                      flush=True)
     return rows
 
 
