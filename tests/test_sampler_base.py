@@ -12,6 +12,7 @@ from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.priors.schedules import karras, ve_geometric
 from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad
 from diffinverse.samplers.network import in_layout
+from diffinverse.samplers.dds import DDS
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 from test_sampler_contract import TweedieGuided
@@ -44,6 +45,7 @@ def problem(prior):
 SAMPLERS = {
     "dps": lambda p, **kw: DPS(p, zeta=0.3, progress=False, **kw),
     "reddiff": lambda p, **kw: REDDiff(p, lr=0.05, progress=False, **kw),
+    "dds": lambda p, **kw: DDS(p, gamma=2.0, progress=False, **kw),
     # the example of "how to add a sampler" (tests/test_sampler_contract.py) passes the same checks
     "tweedie": lambda p, **kw: TweedieGuided(p, step_size=0.5, progress=False, **kw),
 }
@@ -335,7 +337,7 @@ def test_a_setting_changed_between_calls_reaches_the_next_call(name, prior, prob
     changed in between."""
     physics, _, y = problem
     cls, setting, value = {"dps": (DPS, "zeta", 0.6), "reddiff": (REDDiff, "lam", 0.5),
-                           "tweedie": (TweedieGuided, "step_size", 0.3)}[name]
+                           "dds": (DDS, "gamma", 5.0), "tweedie": (TweedieGuided, "step_size", 0.3)}[name]
     sampler = cls(prior, num_steps=5, progress=False)
     before = sampler(y, physics, generator=torch.Generator().manual_seed(0))
     setattr(sampler, setting, value)
@@ -501,7 +503,7 @@ def test_channels_last_feeds_nhwc_and_changes_nothing_else(name, channels):
         assert set(net.formats) == {flag}   # every network call ran in NHWC exactly when asked
         # the loop keeps the state in the network's layout; DPS and RED-Diff also compute x0_hat there
         assert {x for x, _ in states} == {flag}
-        if name != "tweedie":
+        if name in ("dps", "reddiff"):
             assert {x0 for _, x0 in states} == {flag}
         # the reconstruction comes back in the standard layout
         assert outs[flag].stride() == torch.empty(outs[flag].shape).stride()

@@ -1,7 +1,8 @@
 """Posterior samplers (one file each, one shared loop) and the table that names them."""
 from .base import DiffusionSampler, Posterior
+from .dds import DDS
 from .dps import DPS
 from .reddiff import REDDiff
 from .table import SAMPLERS, SamplerSpec, sampler_spec
 
-__all__ = ["DiffusionSampler", "Posterior", "DPS", "REDDiff", "SAMPLERS", "SamplerSpec", "sampler_spec"]
+__all__ = ["DiffusionSampler", "Posterior", "DDS", "DPS", "REDDiff", "SAMPLERS", "SamplerSpec", "sampler_spec"]
