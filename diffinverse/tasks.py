@@ -16,8 +16,8 @@ settings of each sampler and the margins by which a sampler must beat the baseli
   Parallel-beam CT with 60 and 30 views over 180 degrees (torch backend), Gaussian sinogram noise
   of 1 % of its maximum; Gaussian blur of std 2 px with reflect padding; a missing ``size/4``
   square box; bicubic 4x super-resolution; Gaussian noise of std 0.01 on the last three.
-  Baseline: TV (:func:`diffinverse.baselines.tv_reconstruction`, run to its tolerance), which is
-  also the samplers' warm start; for CT, FBP (``A_dagger``) is scored too.
+  Baseline: the better of TV (:func:`diffinverse.baselines.tv_reconstruction`, run to its
+  tolerance) and ``physics.A_dagger`` (FBP for CT); TV is also the samplers' warm start.
 
 How the settings were chosen: a small grid search per task on :data:`TUNING_SEED` images (4
 images; ``benchmarks/samplers/tune_end_to_end.py``), then frozen; each margin is about half the
