@@ -5,51 +5,33 @@ Usage::
     diffinverse-reconstruct --demo                               # bundled 8-coil brain file
     diffinverse-reconstruct FILE_OR_DIR --output out/            # defaults: DPS, mri-brain prior, 4x
     diffinverse-reconstruct data/ --sampler sense --mask equispaced --acceleration 8 --output out/
+    diffinverse-reconstruct data/ --sampler reddiff --reddiff-lr 0.02 --output out/
     torchrun --nproc_per_node=4 -m diffinverse.reconstruct data/ --output out/   # one file per rank
 
-What it does, per file (read lazily, a batch of slices at a time):
+This module is the command line around :func:`diffinverse.pipelines.reconstruct_kspace`, which
+holds the MRI pipeline (readout crop, coil maps, baselines, scaling into the prior's range,
+warm start, sampling; see :mod:`diffinverse.pipelines.fastmri`). What the command adds, per file
+(read lazily with :class:`~diffinverse.datasets.fastmri.FastMRIFile`, ``--batch-size`` slices at
+a time):
 
-1. **Readout crop.** fastMRI k-space is oversampled along the readout (rows, e.g. ``H = 640``
-   for a 320-row reconstruction). The rows are inverse-transformed, centre-cropped to the
-   reconstruction height and transformed back, so every method works on a ``(h, W)`` grid whose
-   image equals the centre rows of the full image exactly. The reconstruction size is the
-   target's shape when the file has one, else the header's ``reconSpace`` matrix (default
-   320 x 320).
+1. **Reconstruction size**: the target's shape when the file has one, else the header's
+   ``reconSpace`` matrix (default 320 x 320).
 2. **Mask.** Files with a ``mask`` (fastMRI test/challenge data) are reconstructed from it.
    Otherwise a retrospective mask (``--mask``, ``--acceleration``, ``--center-fraction``) is
    drawn once per volume from a generator seeded by ``--seed`` and the file name, so sharding
-   and ``--resume`` do not change it.
-3. **Coil maps** (multi-coil): ESPIRiT from the fully sampled centre, two map sets (soft-SENSE,
-   which copes with a field of view that wraps). The SENSE baseline uses both sets. A diffusion
-   prior models one complex image, so TV and the diffusion samplers reconstruct the first
-   (dominant) set's image from the measurements less the k-space of SENSE's second-set image
-   (non-zero only where the field of view wraps), which is added back in the magnitude. On a
-   real wrapping 8-coil brain at 4x this took DPS from 25.5 to 29.1 dB (random lines, seed 0;
-   ``benchmarks/real_brain_cli.py``); on data that does not wrap the second set is zero.
-4. **Baselines**: zero-filled (root-sum-of-squares of the coil images) and SENSE (multi-coil):
-   Tikhonov-regularised least squares ``(A^H A + 0.01 I) x = A^H y`` by at most 30 conjugate-
-   gradient iterations (plain least squares amplifies noise as CG converges). Single-coil
-   ``sense`` is the zero-filled image. ``--sampler tv``: TV-regularised least squares (PDHG,
-   weight 0.002 on the scaled data of step 5, run to convergence) on the first map set's image,
-   slice by slice, so that each slice stops at its own tolerance and its image does not depend on
-   ``--batch-size``.
-5. **Intensity scaling.** The shipped ``mri-brain`` prior was trained on complex images scaled so
-   that the magnitude's 99.5th percentile is 1. Each slice's measurements are divided by the
-   99.5th percentile of the magnitude of SENSE's first-set image (single-coil: zero-filled)
-   before sampling, and the result is multiplied back, so outputs are in the file's units (the
-   units of ``reconstruction_rss``).
-6. **Sampling**: the diffusion sampler warm-starts from that image (``--warm-start tv``: from the
-   TV reconstruction) plus noise at ``--sigma-start`` (Come-Closer-Diffuse-Faster) and runs
-   ``--steps`` steps (``--bf16``: its network in bfloat16, the rest in float32); with
-   ``--num-samples N > 1`` the reconstruction is the magnitude of the posterior mean and ``std``
-   the per-pixel standard deviation of the samples' magnitudes.
-7. **Outputs** in ``--output``, each written atomically (temporary file in the same directory,
+   and ``--resume`` do not change it; the samplers draw from a second generator seeded likewise.
+3. **Options.** ``--sampler`` picks a method of the pipeline; each diffusion sampler's own
+   options (its :class:`~diffinverse.samplers.SamplerSpec` ``options``) are offered as
+   ``--SAMPLER-OPTION`` (``--dps-zeta``, ``--reddiff-lam``, ``--reddiff-lr``), defaults from
+   :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`. The former ``--zeta``, ``--lam`` and
+   ``--lr`` are still accepted, with a ``FutureWarning`` naming the new option.
+4. **Outputs** in ``--output``, each written atomically (temporary file in the same directory,
    then rename): ``<name>.h5`` in fastMRI's submission layout (``reconstruction`` float32
-   magnitude ``(S, h, w)``, centre-cropped, plus ``std``), optionally ``<name>.nii.gz`` (and
-   ``<name>_std.nii.gz``, see :func:`save_nifti` for the affine) and ``<name>.png`` previews, then
-   ``<name>.metrics.json`` last, which marks the file complete for ``--resume``; finally
-   ``metrics.json`` over all files. Metrics (NMSE, PSNR, SSIM; fastMRI's conventions, see
-   :mod:`diffinverse.metrics`) are computed against ``reconstruction_rss`` /
+   magnitude ``(S, h, w)``, centre-cropped, plus ``std`` with ``--num-samples N > 1``), optionally
+   ``<name>.nii.gz`` (and ``<name>_std.nii.gz``, see :func:`save_nifti` for the affine) and
+   ``<name>.png`` previews, then ``<name>.metrics.json`` last, which marks the file complete for
+   ``--resume``; finally ``metrics.json`` over all files. Metrics (NMSE, PSNR, SSIM; fastMRI's
+   conventions, see :mod:`diffinverse.metrics`) are computed against ``reconstruction_rss`` /
    ``reconstruction_esc`` when present, for the chosen method and the baselines.
 
 Existing outputs are never replaced without ``--overwrite``; ``--resume`` skips files whose
@@ -62,37 +44,30 @@ Under ``torchrun`` (``WORLD_SIZE``/``RANK`` set), rank ``r`` of ``K`` takes file
 (``nccl`` with one GPU per rank, ``gloo`` on CPU); rank 0 gathers the results, writes
 ``metrics.json`` and prints the tables and the summary.
 
-On a CPU under glibc (Linux) the command first has malloc serve large blocks from its heap and
-keep freed memory (:func:`keep_freed_memory`; ``--release-memory`` leaves glibc's default): at
-fastMRI sizes a UNet's activations are blocks that glibc would otherwise map afresh, and the
-kernel zero-fill, at every network call. The process then keeps its peak memory, which is
-somewhat higher. Measured figures are in ``benchmarks/README.md`` ("Large batches on the CPU").
-``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` set in the environment are left as they are
-(note that setting either one turns off glibc's adaptive threshold).
+On a CPU under glibc (Linux) the command first has malloc keep freed memory
+(:func:`diffinverse.memory.keep_freed_memory`; ``--release-memory`` leaves glibc's default), so
+that a UNet's large activations at fastMRI sizes are not mapped afresh at every network call; the
+process then keeps its peak memory. ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` set in the
+environment are left as they are (setting either one turns off glibc's adaptive threshold).
 
-On a GPU the samplers run eagerly; their ``cuda_graph=True`` option is deliberately not offered
-here. It pays on small images (64x64, batch 4: 3.6-5.5x faster on an H200 across runs), but at
-fastMRI sizes (256x256, batch 4) it made a call only about 1.05x faster, and this command builds a
-new operator for every batch of slices (new coil maps), so every batch would be captured anew, at
-the cost of about four eager steps, against the 14 network evaluations of a batch at the default
-warm start.
+On a GPU the samplers run eagerly: the command builds a new operator (new coil maps) for every
+batch of slices, so a CUDA-graph capture (the samplers' ``cuda_graph=True``) would be redone every
+batch, and at fastMRI sizes it gains little (measurements in ``benchmarks/``).
 
 References:
     Zbontar et al., "fastMRI: An Open Dataset and Benchmarks for Accelerated MRI", 2018.
-    Uecker et al., "ESPIRiT", MRM 71 (2014). Chung, Sim & Ye, "Come-Closer-Diffuse-Faster", CVPR 2022.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -103,52 +78,29 @@ from tqdm.auto import tqdm
 
 from diffinverse import metrics as M
 from diffinverse._io import atomic_output
-from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, center_crop, write_submission
+from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, write_submission
 from diffinverse.datasets.volumes import write_nifti
-from diffinverse.operators.coils import estimate_coil_maps
-from diffinverse.operators.masks import equispaced_lines, random_lines, variable_density_2d
-from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels
-from diffinverse.samplers.dps import DPS
-from diffinverse.samplers.baselines import tv_reconstruction
-from diffinverse.samplers.reddiff import REDDiff
+from diffinverse.memory import keep_freed_memory
+from diffinverse.pipelines.fastmri import (
+    BASELINES,
+    MASK_TYPES,
+    METHODS,
+    SAMPLER_DEFAULTS,
+    WARM_STARTS,
+    build_sampler,
+    reconstruct_kspace,
+    resolve_start,
+    retrospective_mask,
+)
+from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["main", "build_parser", "reconstruct_file", "save_nifti", "save_preview", "format_table", "keep_freed_memory",
            "DEMO_FILE"]
 
 DEMO_FILE = "demo_brain.h5"
-BASELINES = ("zero-filled", "sense")
-# TV-regularised least squares (PDHG, run to its default tolerance) on the scaled data (99.5th
-# percentile of |x| = 1). lam 0.0005 / 0.001 / 0.002 / 0.005 / 0.01 / 0.02 gave 24.86 / 25.74 /
-# 26.19 / 25.75 / 25.00 / 24.19 dB on the demo file at 4x (random lines, seed 0), with the 4 slices
-# run as one batch until the slowest converged; slice by slice (now) 0.002 gives 26.20 dB.
-TV_LAMBDA = 0.002
-# Defaults per diffusion sampler: steps of the full grid, the warm-start level (in the units of
-# the scaled data, where the magnitude's 99.5th percentile is 1) and the step sizes, chosen for PSNR
-# on the demo file at 4x (random lines, seed 0) by
-#   python benchmarks/tune_cli.py demo --sampler dps --grid zeta=0.5,1,2,4 sigma-start=0.2,0.3
-#   python benchmarks/tune_cli.py demo --sampler dps --grid zeta=8,16,32 sigma-start=0.2
-#   python benchmarks/tune_cli.py demo --sampler reddiff --grid lam=0.01,0.05,0.25 \
-#       lr=0.005,0.01,0.02,0.05 sigma-start=0.1,0.2,0.3
-#   python benchmarks/tune_cli.py demo --sampler reddiff --grid lam=0.002,0.005,0.01 lr=0.05,0.1 \
-#       sigma-start=0.2
-# DPS at sigma-start 0.2: zeta 1 / 2 / 4 / 8 / 16 gave 25.87 / 26.85 / 27.54 / 27.28 / 24.74 dB
-# (0.3 with zeta 4: 27.72 dB, two more network evaluations). RED-Diff with the official lam 0.25
-# and lr 0.25 gave 9.7 dB (the data term here averages over the unmeasured zeros too, see
-# samplers/reddiff.py); lam 0.01 with lr 0.05 gave 27.42 dB (at sigma-start 0.3: 27.45 dB).
-DIFFUSION = {
-    "dps": {"cls": DPS, "steps": 50, "warm_start": "sense", "sigma_start": 0.2, "kwargs": {"zeta": 4.0}},
-    "reddiff": {"cls": REDDiff, "steps": 50, "warm_start": "sense", "sigma_start": 0.2,
-                "kwargs": {"lam": 0.01, "lr": 0.05}},
-}
-# command-line options that override a sampler's kwargs, and the sampler each belongs to
-SAMPLER_OPTIONS = {"zeta": "dps", "lr": "reddiff", "lam": "reddiff"}
-SCALE_QUANTILE = 0.995
-MAX_CALIB = 24
-# SENSE: Tikhonov weight (relative to A^H A, whose eigenvalues are <= 1 for ESPIRiT maps) and CG
-# iterations. Unregularised CG semi-converges: on the demo at 4x it peaked at 24.0 dB after
-# 10 iterations and fell to 19.5 dB after 40; with lambda = 0.01 it settles at 24.2 dB.
-SENSE_LAMBDA = 0.01
-SENSE_ITERS = 30
+# the options' former names (before they were namespaced by sampler), accepted until the next
+# version with a FutureWarning: old name -> the sampler whose option it is
+_DEPRECATED_OPTIONS = {"zeta": "dps", "lr": "reddiff", "lam": "reddiff"}
 
 
 class ConfigError(ValueError):
@@ -158,6 +110,15 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
+def _sampler_options() -> list[tuple[str, str, type]]:
+    """``(sampler, option, type)`` of every pipeline sampler's own options, from the sampler table."""
+    return [(name, option, kind) for name in SAMPLER_DEFAULTS for option, kind in SAMPLERS[name].options.items()]
+
+
+def _flag(sampler: str, option: str) -> str:
+    return f"--{sampler}-{option.replace('_', '-')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``diffinverse-reconstruct``."""
     p = argparse.ArgumentParser(
@@ -165,10 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reconstruct fastMRI HDF5 files (single- or multi-coil) with a diffusion prior or a baseline.")
     p.add_argument("inputs", nargs="*", type=Path, help="fastMRI .h5 files or directories of them")
     p.add_argument("--demo", action="store_true", help="reconstruct the bundled 8-coil brain demo file")
-    p.add_argument("--sampler", choices=[*DIFFUSION, *BASELINES, "tv"], default="dps",
-                   help="reconstruction method (default: dps)")
+    p.add_argument("--sampler", choices=METHODS, default="dps", help="reconstruction method (default: dps)")
     p.add_argument("--prior", default="mri-brain", help="shipped prior name or .safetensors path (default: mri-brain)")
-    p.add_argument("--mask", choices=["random", "equispaced", "poisson"], default="random",
+    p.add_argument("--mask", choices=MASK_TYPES, default="random",
                    help="retrospective mask for fully sampled files (default: random lines)")
     p.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor (default: 4)")
     p.add_argument("--center-fraction", type=float, default=0.08,
@@ -177,18 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="diffusion steps of the full grid (default: per sampler)")
     p.add_argument("--sigma-start", default=None,
                    help="warm-start noise level in scaled units, or 'none' for a cold start from pure noise")
-    p.add_argument("--warm-start", choices=["sense", "tv"], default=None,
+    p.add_argument("--warm-start", choices=WARM_STARTS, default=None,
                    help="baseline the diffusion samplers start from (default: per sampler)")
-    p.add_argument("--zeta", type=float, default=None,
-                   help=f"DPS guidance step size (default: {DIFFUSION['dps']['kwargs']['zeta']:g})")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"RED-Diff Adam step in scaled units (default: {DIFFUSION['reddiff']['kwargs']['lr']:g})")
-    p.add_argument("--lam", type=float, default=None,
-                   help=f"RED-Diff prior weight lambda (default: {DIFFUSION['reddiff']['kwargs']['lam']:g})")
+    for sampler, option, kind in _sampler_options():
+        default = SAMPLER_DEFAULTS[sampler].options.get(option)
+        text = f"{SAMPLERS[sampler].cls.__name__} option {option}" + (f" (default: {default:g})"
+                                                                      if isinstance(default, float) else "")
+        if kind is bool:
+            p.add_argument(_flag(sampler, option), dest=f"{sampler}_{option}", action=argparse.BooleanOptionalAction,
+                           default=None, help=text)
+        else:
+            p.add_argument(_flag(sampler, option), dest=f"{sampler}_{option}", type=kind, default=None,
+                           metavar=option.upper(), help=text)
+    for option, sampler in _DEPRECATED_OPTIONS.items():
+        p.add_argument(f"--{option}", dest=f"deprecated_{option}", type=SAMPLERS[sampler].options[option],
+                       default=None, metavar=option.upper(), help=f"deprecated: use {_flag(sampler, option)}")
     p.add_argument("--bf16", action="store_true",
                    help="run the prior's network in bfloat16 (autocast; diffusion samplers only): faster where "
-                        "the hardware has bf16 units (CPUs with AVX512-BF16 or AMX, recent GPUs); PSNR within "
-                        "0.012 dB of float32 in the benchmarks")
+                        "the hardware has bf16 units (CPUs with AVX512-BF16 or AMX, recent GPUs)")
     p.add_argument("--num-samples", type=int, default=1, help="posterior samples per slice; >1 also writes std")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks and the samplers (default: 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -207,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _apply_deprecated_options(args: argparse.Namespace) -> None:
+    """Move a former option name's value to its namespaced option, with a ``FutureWarning``."""
+    for option, sampler in _DEPRECATED_OPTIONS.items():
+        value = getattr(args, f"deprecated_{option}")
+        if value is None:
+            continue
+        new = _flag(sampler, option)
+        warnings.warn(f"--{option} is deprecated and will be removed in the next version; use {new}",
+                      FutureWarning, stacklevel=2)
+        if getattr(args, f"{sampler}_{option}") is not None:
+            raise ConfigError(f"give {new} or its deprecated name --{option}, not both")
+        setattr(args, f"{sampler}_{option}", value)
+
+
+def _options_of(args: argparse.Namespace, sampler: str) -> dict:
+    """The sampler's own options given on the command line (``{option: value}``)."""
+    return {option: getattr(args, f"{sampler}_{option}") for option in SAMPLERS[sampler].options
+            if getattr(args, f"{sampler}_{option}") is not None}
+
+
 def _check_options(args: argparse.Namespace) -> None:
     if args.acceleration < 1:
         raise ConfigError(f"--acceleration must be >= 1, got {args.acceleration}")
@@ -218,20 +204,19 @@ def _check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for option, sampler in SAMPLER_OPTIONS.items():
-        value = getattr(args, option)
+    for sampler, option, _ in _sampler_options():
+        value = getattr(args, f"{sampler}_{option}")
         if value is None:
             continue
         if args.sampler != sampler:
-            raise ConfigError(f"--{option} applies to --sampler {sampler}, not {args.sampler}")
-        # lambda = 0 is allowed (no prior, data consistency alone); step sizes must be positive
-        in_range = value >= 0 if option == "lam" else value > 0
-        if not (math.isfinite(value) and in_range):
-            raise ConfigError(f"--{option} must be {'>= 0' if option == 'lam' else 'positive'}, got {value}")
+            raise ConfigError(f"{_flag(sampler, option)} applies to --sampler {sampler}, not {args.sampler}")
+        # the ranges are the sampler's own (checked when it is built); here only what a number must be
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_flag(sampler, option)} must be a finite number, got {value}")
     for option in ("warm_start", "bf16"):
-        if getattr(args, option) and args.sampler not in DIFFUSION:
+        if getattr(args, option) and args.sampler not in SAMPLER_DEFAULTS:
             raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
-                              f"({', '.join(DIFFUSION)}), not {args.sampler}")
+                              f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")
     if args.slices is not None:
         _parse_slices(args.slices, 10**9)
     if args.sigma_start is not None and args.sigma_start.lower() != "none":
@@ -340,88 +325,64 @@ def _file_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def _crop_readout(k: torch.Tensor, h: int) -> torch.Tensor:
-    """Remove readout oversampling: k-space ``(..., H, W)`` -> ``(..., h, W)``.
-
-    The rows are inverse-transformed (centred, orthonormal), the central ``h`` image rows kept,
-    and transformed back, so that ``ifft2c`` of the result equals the central rows of
-    ``ifft2c(k)`` exactly.
-    """
-    H = k.shape[-2]
-    if h == H:
-        return k
-    img = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(k, dim=-2), dim=-2, norm="ortho"), dim=-2)
-    top = (H - h) // 2
-    img = img[..., top:top + h, :]
-    return torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(img, dim=-2), dim=-2, norm="ortho"), dim=-2)
-
-
 def _make_mask(f: FastMRIFile, shape: tuple[int, int], args: argparse.Namespace) -> tuple[torch.Tensor, str]:
-    """The ``(h, W)`` float32 mask and a description of it."""
+    """The file's ``(W,)`` mask or a retrospective ``(h, W)`` one, and a description of it."""
     if f.mask is not None:
-        m = torch.from_numpy(f.mask).expand(shape).contiguous()
-        return m, f"file mask ({f.mask.shape[0] / f.mask.sum():.1f}x)"
+        return torch.from_numpy(f.mask), f"file mask ({f.mask.shape[0] / f.mask.sum():.1f}x)"
     g = torch.Generator().manual_seed(_file_seed(args.seed, f.path.name))
-    if args.mask == "poisson":
-        m = variable_density_2d(shape, args.acceleration, kind="poisson", generator=g)
-    else:
-        fn = random_lines if args.mask == "random" else equispaced_lines
-        m = fn(shape, args.acceleration, args.center_fraction, generator=g)
-    return m.to(torch.float32), f"{args.mask} {args.acceleration:g}x"
-
-
-def _calib_width(mask: torch.Tensor) -> int:
-    """Side of the fully sampled central square (capped at :data:`MAX_CALIB`), for ESPIRiT."""
-    h, w = mask.shape
-    row, col = mask[h // 2] > 0, mask[:, w // 2] > 0
-
-    def run(v: torch.Tensor) -> int:
-        c, n = v.shape[0] // 2, 0
-        while c - n - 1 >= 0 and c + n + 1 < v.shape[0] and v[c - n - 1] and v[c + n + 1]:
-            n += 1
-        return 2 * n + 1 if v[c] else 0
-
-    return min(MAX_CALIB, run(row), run(col))
-
-
-def _magnitude(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 2, [M,] H, W)`` -> ``(B, H, W)``: root-sum-of-squares over channels and map sets."""
-    return x.pow(2).flatten(1, -3).sum(1).sqrt()
+    m = retrospective_mask(shape, acceleration=args.acceleration, mask_type=args.mask,
+                           center_fraction=args.center_fraction, generator=g)
+    return m, f"{args.mask} {args.acceleration:g}x"
 
 
 class _Method:
-    """The chosen reconstruction method, built once per run."""
+    """The chosen reconstruction method, checked once per run (prior, options, start) before any file."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device):
         self.name = args.sampler
         self.num_samples = args.num_samples
         self.device = device
-        self.sampler = None
-        self.sigma_start = None
-        self.warm_start = None
-        if self.name in DIFFUSION:
-            spec = DIFFUSION[self.name]
+        self.prior = None
+        self.options: dict = {}
+        self.cold_start = args.sigma_start is not None and args.sigma_start.lower() == "none"
+        self.sigma_start = None if args.sigma_start is None or self.cold_start else float(args.sigma_start)
+        self.warm_start = args.warm_start
+        self.steps = args.steps
+        self.bf16 = args.bf16
+        if self.name in SAMPLER_DEFAULTS:
             self.prior = _load_prior(args.prior, device)
-            self.steps = args.steps or spec["steps"]
-            kwargs = {**spec["kwargs"], **{k: getattr(args, k) for k, sampler in SAMPLER_OPTIONS.items()
-                                           if sampler == self.name and getattr(args, k) is not None}}
-            self.sampler = spec["cls"](self.prior, num_steps=self.steps, progress=False, autocast=args.bf16, **kwargs)
-            self.warm_start = args.warm_start or spec["warm_start"]
-            start = spec["sigma_start"] if args.sigma_start is None else args.sigma_start
-            self.sigma_start = None if str(start).lower() == "none" else float(start)
-            if self.sigma_start is not None and self.sigma_start > float(self.sampler.sigmas[0]):
-                raise ConfigError(f"--sigma-start {self.sigma_start} exceeds the prior's largest noise level "
-                                  f"{float(self.sampler.sigmas[0]):g}")
+            self.options = _options_of(args, self.name)
+            try:
+                sampler = build_sampler(self.name, self.prior, num_steps=self.steps, sampler_options=self.options,
+                                        autocast=self.bf16)
+                # what the run will use, for the record; reconstruct_kspace resolves the same
+                self.used_steps = self.steps or SAMPLER_DEFAULTS[self.name].num_steps
+                self.used_start = resolve_start(sampler, method=self.name, warm_start=self.warm_start,
+                                                sigma_start=self.sigma_start, cold_start=self.cold_start)
+            except ValueError as err:
+                raise ConfigError(f"--sampler {self.name}: {err}") from None
         elif args.num_samples > 1:
-            raise ConfigError(f"--num-samples > 1 needs a diffusion sampler ({', '.join(DIFFUSION)}), not {self.name}")
+            raise ConfigError(f"--num-samples > 1 needs a diffusion sampler ({', '.join(SAMPLER_DEFAULTS)}), "
+                              f"not {self.name}")
+
+    def reconstruct(self, k: torch.Tensor, mask: torch.Tensor, recon_size: tuple[int, int],
+                    generator: torch.Generator):
+        """:func:`~diffinverse.pipelines.reconstruct_kspace` of one batch with the run's settings."""
+        settings = {}
+        if self.name in SAMPLER_DEFAULTS:
+            settings = {"prior": self.prior, "num_steps": self.steps, "warm_start": self.warm_start,
+                        "sigma_start": self.sigma_start, "cold_start": self.cold_start,
+                        "sampler_options": self.options, "num_samples": self.num_samples, "autocast": self.bf16,
+                        "generator": generator}
+        return reconstruct_kspace(k, mask, method=self.name, recon_size=recon_size, device=self.device, **settings)
 
     def describe(self) -> str:
-        if self.sampler is None:
+        if self.name not in SAMPLER_DEFAULTS:
             return self.name
-        start = ("cold start" if self.sigma_start is None
-                 else f"warm start from {self.warm_start} at sigma {self.sigma_start:g}")
-        network = ", network in bf16" if self.sampler.autocast else ""
-        return f"{self.name} ({self.steps} steps, {start}, {self.num_samples} sample(s){network})"
+        warm_start, sigma_start = self.used_start
+        start = "cold start" if sigma_start is None else f"warm start from {warm_start} at sigma {sigma_start:g}"
+        network = ", network in bf16" if self.bf16 else ""
+        return f"{self.name} ({self.used_steps} steps, {start}, {self.num_samples} sample(s){network})"
 
 
 def _load_prior(name: str, device: torch.device):
@@ -431,87 +392,7 @@ def _load_prior(name: str, device: torch.device):
         prior = load(name, device=device)
     except (ValueError, FileNotFoundError, KeyError, OSError, TypeError) as err:
         raise ConfigError(f"cannot load prior {name!r}: {err}") from None
-    if getattr(prior, "channels", None) != 2:
-        raise ConfigError(f"prior {name!r} has {getattr(prior, 'channels', '?')} channel(s); MRI reconstruction "
-                          f"needs a 2-channel (complex: real, imaginary) prior such as 'mri-brain'")
     return prior.eval()
-
-
-def _reconstruct_batch(k: torch.Tensor, mask: torch.Tensor, calib: int, method: _Method,
-                       generator: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Reconstruct one batch of slices.
-
-    Args:
-        k: complex k-space ``(B, C, h, W)`` (readout already cropped; ``C = 1`` for single-coil
-            files, which use the single-coil operator).
-        mask: ``(h, W)`` 0/1.
-
-    Returns:
-        ``{method: (magnitude (B, h, W), std (B, h, W) or None)}`` for the chosen method and
-        the baselines.
-    """
-    y_c = k * mask
-    zero_filled = ifft2c(y_c).abs().pow(2).sum(1).sqrt()
-    out = {"zero-filled": (zero_filled, None)}
-    if k.shape[1] > 1:
-        if calib < 3:
-            raise ValueError(f"the mask's fully sampled centre ({calib} lines) is too small to estimate coil maps; "
-                             "use a larger --center-fraction")
-        maps = estimate_coil_maps(y_c, num_maps=2, calib_width=calib, kernel_width=min(6, max(2, calib // 2)))
-        maps = maps.to(device=k.device, dtype=torch.complex64)
-        y = to_channels(y_c)                                  # (B, 2, C, h, W)
-        cg = {"cg_iters": SENSE_ITERS, "cg_lambda": SENSE_LAMBDA}
-        x_sense = MultiCoilMRI(mask, maps, **cg).A_dagger(y)  # (B, 2, 2, h, W): two map sets
-        out["sense"] = (_magnitude(x_sense), None)
-        # the prior knows one image per slice: it reconstructs the first map set's image, and the
-        # second's (non-zero only where the field of view wraps) is kept from SENSE and its
-        # k-space subtracted from y
-        second = x_sense[:, :, 1]
-        physics = MultiCoilMRI(mask, maps[:, :1], **cg)
-        y = y - MultiCoilMRI(mask, maps[:, 1:]).A(second)
-        x0 = x_sense[:, :, 0]
-    else:
-        y = to_channels(y_c[:, 0])                            # (B, 2, h, W)
-        out["sense"] = out["zero-filled"]
-        physics = SingleCoilMRI(mask)
-        second = None
-        x0 = physics.A_dagger(y)
-    if method.name in BASELINES:
-        return out
-
-    # scale into the prior's range: 99.5th percentile of the baseline's magnitude -> 1
-    scale = torch.quantile(_magnitude(x0).flatten(1), SCALE_QUANTILE, dim=1).clamp_min(1e-12)
-    s = scale.reshape(-1, 1, 1, 1)
-    y_s = y / scale.reshape(-1, *([1] * (y.ndim - 1)))
-
-    def magnitude(x_scaled: torch.Tensor) -> torch.Tensor:
-        """Magnitude in the data's units, with the second map set's image where there is one."""
-        x = x_scaled.detach() * s
-        return _magnitude(x if second is None else torch.stack([x, second], dim=2))
-
-    x_init = x0 / s
-    if method.name == "tv" or method.warm_start == "tv":
-        # slice by slice: in a batch every slice would iterate until the slowest converged, so a
-        # slice's result would depend on --batch-size (and 8 slices of 256x256 took 1.75x as long)
-        def slice_physics(i: int):
-            return physics if k.shape[1] == 1 else MultiCoilMRI(mask, maps[i:i + 1, :1], **cg)
-
-        x_init = torch.cat([tv_reconstruction(y_s[i:i + 1], slice_physics(i), lam=TV_LAMBDA, x_init=x_init[i:i + 1])
-                            for i in range(len(y_s))])
-    if method.name == "tv":
-        out["tv"] = (magnitude(x_init), None)
-    elif method.num_samples > 1:
-        post = method.sampler.posterior(
-            y_s, physics, num_samples=method.num_samples, generator=generator, x_init=x_init,
-            sigma_start=method.sigma_start,
-            physics_for_batch=lambda p, n: p if isinstance(p, SingleCoilMRI)
-            else MultiCoilMRI(mask, p.coil_maps.repeat(n, 1, 1, 1, 1), cg_iters=p.cg_iters, cg_lambda=p.cg_lambda))
-        mags = torch.stack([magnitude(x) for x in post.samples])   # (N, B, h, W)
-        out[method.name] = (magnitude(post.mean), mags.std(0))
-    else:
-        x = method.sampler(y_s, physics, generator=generator, x_init=x_init, sigma_start=method.sigma_start)
-        out[method.name] = (magnitude(x), None)
-    return out
 
 
 def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method) -> dict:
@@ -527,32 +408,26 @@ def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method) -> d
             if th > f.shape[0] or tw > f.shape[1]:
                 raise FastMRIError(f"{path}: '{f.targets[0]}' slices ({th}, {tw}) are larger than the k-space {f.shape}")
             crop = (th, tw)
-        grid = (crop[0], f.shape[1])
-        mask, mask_text = _make_mask(f, grid, args)
-        mask = mask.to(method.device)
-        calib = _calib_width(mask)
+        mask, mask_text = _make_mask(f, (crop[0], f.shape[1]), args)
         g = torch.Generator(device=method.device).manual_seed(_file_seed(args.seed, path.name) + 1)
         recs: dict[str, list] = {}
         stds: list = []
         nfe = 0
         for start in range(sl.start, sl.stop, args.batch_size):
             idx = slice(start, min(start + args.batch_size, sl.stop))
-            k = torch.from_numpy(f.read_kspace(idx)).to(method.device)
-            if not f.multicoil:
-                k = k[:, None]
-            k = _crop_readout(k, crop[0])
-            for name, (mag, std) in _reconstruct_batch(k, mask, calib, method, g).items():
-                recs.setdefault(name, []).append(center_crop(mag, crop).float().cpu())
-                if name == method.name and std is not None:
-                    stds.append(center_crop(std, crop).float().cpu())
-            nfe += method.sampler.last_nfe if method.sampler is not None else 0
+            rec = method.reconstruct(torch.from_numpy(f.read_kspace(idx)), mask, crop, g)
+            for name, image in {**rec.baselines, rec.method: rec.image}.items():
+                recs.setdefault(name, []).append(image.float().cpu())
+            if rec.std is not None:
+                stds.append(rec.std.float().cpu())
+            nfe += rec.nfe
         volumes = {name: torch.cat(v).numpy() for name, v in recs.items()}
         std = torch.cat(stds).numpy() if stds else None
         targets = {key: f.read_target(key, sl) for key in f.targets}
         info = {"coils": f.num_coils if f.multicoil else 1, "voxel_size_mm": f.voxel_size_mm,
                 "acquisition": f.attrs.get("acquisition")}
 
-    rows = [method.name] + [b for b in BASELINES if b != method.name and (b != "sense" or info["coils"] > 1)]
+    rows = [method.name] + [b for b in BASELINES if b != method.name and b in volumes]
     scores = {key: {name: {"nmse": M.nmse(t, volumes[name]), "psnr": M.psnr(t, volumes[name]),
                            "ssim": M.ssim(t, volumes[name])} for name in rows}
               for key, t in targets.items()}
@@ -681,43 +556,12 @@ def _gather(obj, world: int) -> list:
     return out
 
 
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc serve every block from its heap and keep what is freed (CPU runs).
-
-    glibc maps each block above a threshold (at most 32 MiB) afresh and unmaps it when it is
-    freed, so the kernel zero-fills its pages again at every use. A UNet's widest activations at
-    fastMRI sizes are such blocks (96 channels x 320 x 368 x 4 bytes = 45 MB per image), and at
-    every network call they page-faulted tens of thousands of times (``benchmarks/README.md``,
-    "Large batches on the CPU"). This sets what ``MALLOC_MMAP_MAX_=0`` and a large
-    ``MALLOC_TRIM_THRESHOLD_`` would at start-up; the process then keeps its peak memory. The
-    command calls it for its own process; the package never calls it on import (call it in your
-    own process if you want the same).
-
-    Returns:
-        Whether it was applied: not on other C libraries, and not when the environment already
-        sets ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` (the caller's choice stands).
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    # mallopt takes a C int: 2 GiB - 1 is the largest trim threshold it can be given
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 some file failed, 2 bad options)."""
     args = build_parser().parse_args(argv)
     rank, world = _distributed()
     try:
+        _apply_deprecated_options(args)
         _check_options(args)
         files = _input_files(args)
         device = _device(args.device)

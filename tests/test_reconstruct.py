@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import h5py
@@ -210,13 +211,14 @@ def test_reddiff_options_reach_the_sampler(tmp_path, tiny_priors):
     # single-coil, so RED-Diff starts from the zero-filled image A^H y; with a negligible Adam step
     # (--lr) it stays there, whereas the default step moves it. --lam changes the output unless it
     # is the default value.
-    from diffinverse.reconstruct import DIFFUSION
+    from diffinverse.pipelines import SAMPLER_DEFAULTS
 
     make_file(tmp_path / "s.h5", slices=1, shape=(16, 16), recon=(16, 16))
     common = [str(tmp_path / "s.h5"), "--sampler", "reddiff", "--prior", str(tiny_priors[2]), "--steps", "8",
               "--center-fraction", "0.25", "--format", "h5"]
-    lam = str(DIFFUSION["reddiff"]["kwargs"]["lam"])
-    runs = {"default": [], "lr_tiny": ["--lr", "1e-9"], "lam_default": ["--lam", lam], "lam0": ["--lam", "0"]}
+    lam = str(SAMPLER_DEFAULTS["reddiff"].options["lam"])
+    runs = {"default": [], "lr_tiny": ["--reddiff-lr", "1e-9"], "lam_default": ["--reddiff-lam", lam],
+            "lam0": ["--reddiff-lam", "0"]}
     psnr, rec = {}, {}
     for name, extra in runs.items():
         assert main([*common, "--output", str(tmp_path / name), *extra]) == 0
@@ -260,9 +262,8 @@ def test_bf16_runs_the_network_in_bfloat16(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("coils", [4, 0])
 def test_tv_reconstructs_each_slice_alone_whatever_the_batch_size(tmp_path, coils):
-    # TV runs slice by slice, each to its own tolerance: the same images with --batch-size 3 and 1.
-    # (Run as one batch, every slice iterated until the slowest converged; on the 4-coil file the
-    # two batch sizes then differed by 0.2 % of the peak.)
+    # TV runs slice by slice, each to its own tolerance: the same images with --batch-size 3 and 1
+    # (run as one batch, every slice would iterate until the slowest converged)
     make_file(tmp_path / "b.h5", coils=coils, slices=3, shape=(32, 32), recon=(32, 32), seed=5)
     rec = {}
     for size in ("3", "1"):
@@ -277,7 +278,7 @@ def test_warm_start_tv_starts_the_sampler_from_the_tv_reconstruction(tmp_path, t
     # same as --sampler tv), the SENSE image without it (which differs from TV by over 1 % of the peak)
     make_file(tmp_path / "w.h5", coils=2, slices=1, shape=(20, 20), recon=(20, 20), seed=4)
     common = [str(tmp_path / "w.h5"), "--acceleration", "3", "--center-fraction", "0.2", "--format", "h5"]
-    sampler = ["--sampler", "reddiff", "--prior", str(tiny_priors[2]), "--steps", "8", "--lr", "1e-9"]
+    sampler = ["--sampler", "reddiff", "--prior", str(tiny_priors[2]), "--steps", "8", "--reddiff-lr", "1e-9"]
     runs = {"tv": ["--sampler", "tv"], "warm_tv": [*sampler, "--warm-start", "tv"], "warm_sense": sampler}
     rec = {}
     for name, extra in runs.items():
@@ -292,7 +293,7 @@ def test_diffusion_samplers_keep_the_second_map_image_of_a_wrapped_field_of_view
     # a 96-wide head seen through a 64-wide field of view: the ESPIRiT second map set carries the
     # folded-over part. The prior models one image per slice, so the command line reconstructs the
     # first map's image and keeps the second from SENSE: with a negligible step (--lr) RED-Diff
-    # returns two-map SENSE exactly. (Measured: one-map SENSE 26.46 dB, two-map 26.75 dB.)
+    # returns two-map SENSE exactly.
     import torch.nn.functional as F
 
     from diffinverse.datasets.brain import BrainSlices
@@ -308,7 +309,7 @@ def test_diffusion_samplers_keep_the_second_map_image_of_a_wrapped_field_of_view
         f.create_dataset("reconstruction_rss", data=np.sqrt((np.abs(wrapped) ** 2).sum(0))[None].astype(np.float32))
     out = tmp_path / "out"
     assert main([str(tmp_path / "wrap.h5"), "--sampler", "reddiff", "--prior", str(tiny_priors[2]), "--steps", "8",
-                 "--acceleration", "2", "--center-fraction", "0.4", "--lr", "1e-9", "--output", str(out)]) == 0
+                 "--acceleration", "2", "--center-fraction", "0.4", "--reddiff-lr", "1e-9", "--output", str(out)]) == 0
     scores = json.loads((out / "wrap.metrics.json").read_text())["metrics"]["reconstruction_rss"]
     assert scores["reddiff"]["psnr"] == pytest.approx(scores["sense"]["psnr"], abs=1e-4)
     assert scores["reddiff"]["ssim"] == pytest.approx(scores["sense"]["ssim"], abs=1e-5)
@@ -377,20 +378,66 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     (["--sampler", "dps", "--prior", "P1"], "1 channel(s); MRI reconstruction needs a 2-channel"),
     (["--slices", "a:b"], "--slices must look like"),
     (["--num-samples", "2", "--sampler", "sense"], "--num-samples > 1 needs a diffusion sampler"),
-    (["--sampler", "dps", "--lr", "0.1"], "--lr applies to --sampler reddiff, not dps"),
-    (["--sampler", "reddiff", "--zeta", "1"], "--zeta applies to --sampler dps, not reddiff"),
+    (["--sampler", "dps", "--reddiff-lr", "0.1"], "--reddiff-lr applies to --sampler reddiff, not dps"),
+    (["--sampler", "reddiff", "--dps-zeta", "1"], "--dps-zeta applies to --sampler dps, not reddiff"),
+    (["--sampler", "reddiff", "--dps-squared-norm"], "--dps-squared-norm applies to --sampler dps, not reddiff"),
+    (["--sampler", "reddiff", "--zeta", "1"], "--dps-zeta applies to --sampler dps, not reddiff"),
+    (["--sampler", "dps", "--dps-zeta", "1", "--zeta", "2"], "give --dps-zeta or its deprecated name --zeta, not both"),
     (["--sampler", "sense", "--warm-start", "tv"], "--warm-start applies to the diffusion samplers (dps, reddiff), not sense"),
     (["--sampler", "tv", "--bf16"], "--bf16 applies to the diffusion samplers (dps, reddiff), not tv"),
-    (["--sampler", "reddiff", "--lam", "-1"], "--lam must be >= 0, got -1.0"),
-    (["--sampler", "dps", "--zeta", "nan"], "--zeta must be positive, got nan"),
+    (["--sampler", "reddiff", "--reddiff-lam", "-1"], "--sampler reddiff: "),   # the sampler's own range check
+    (["--sampler", "dps", "--dps-zeta", "nan"], "--dps-zeta must be a finite number, got nan"),
+    (["--sampler", "dps", "--sigma-start", "1e6"], "exceeds the prior's largest noise level"),
 ])
 def test_configuration_errors_exit_2_before_writing(tmp_path, capsys, tiny_priors, extra, message):
     make_file(tmp_path / "x.h5", slices=1, shape=(12, 10), recon=(8, 8))
     extra = [str(tiny_priors[1]) if e == "P1" else e for e in extra]
     out = tmp_path / "out"
-    assert main([str(tmp_path / "x.h5"), "--output", str(out), *extra]) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the deprecated names' warning (tested below)
+        assert main([str(tmp_path / "x.h5"), "--output", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.mark.parametrize("old, new, value", [("--lr", "--reddiff-lr", "1e-9"), ("--lam", "--reddiff-lam", "0")])
+def test_deprecated_option_names_still_work_with_a_warning(tmp_path, tiny_priors, old, new, value):
+    # the former flat names reach the same sampler option as the namespaced ones, for one version
+    make_file(tmp_path / "s.h5", slices=1, shape=(16, 16), recon=(16, 16))
+    common = [str(tmp_path / "s.h5"), "--sampler", "reddiff", "--prior", str(tiny_priors[2]), "--steps", "8",
+              "--center-fraction", "0.25", "--device", "cpu"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main([*common, new, value, "--output", str(tmp_path / "new")]) == 0
+    with pytest.warns(FutureWarning, match=f"{old} is deprecated and will be removed in the next version; use {new}"):
+        assert main([*common, old, value, "--output", str(tmp_path / "old")]) == 0
+    a, b = (read_h5(tmp_path / d / "s.h5")["reconstruction"] for d in ("new", "old"))
+    np.testing.assert_array_equal(a, b)
+    default = tmp_path / "default"
+    assert main([*common, "--output", str(default)]) == 0
+    assert not np.array_equal(read_h5(default / "s.h5")["reconstruction"], a)
+
+
+def test_sampler_options_come_from_the_sampler_table():
+    from diffinverse.pipelines import SAMPLER_DEFAULTS
+    from diffinverse.reconstruct import build_parser
+    from diffinverse.samplers import SAMPLERS
+
+    text = build_parser().format_help()
+    for name in SAMPLER_DEFAULTS:
+        for option in SAMPLERS[name].options:
+            assert f"--{name}-{option.replace('_', '-')}" in text
+
+
+def test_cold_start(tmp_path, tiny_priors):
+    make_file(tmp_path / "c.h5", slices=1, shape=(16, 16), recon=(16, 16))
+    records = {}
+    for name, extra in (("warm", []), ("cold", ["--sigma-start", "none"])):
+        assert main([str(tmp_path / "c.h5"), "--sampler", "dps", "--prior", str(tiny_priors[2]), "--steps", "6",
+                     "--center-fraction", "0.25", "--output", str(tmp_path / name), *extra]) == 0
+        records[name] = json.loads((tmp_path / name / "c.metrics.json").read_text())
+    assert "cold start" in records["cold"]["method"] and "warm start from sense" in records["warm"]["method"]
+    assert records["cold"]["nfe"] > records["warm"]["nfe"]
 
 
 def test_missing_input_and_output_collision(tmp_path, capsys):
@@ -428,9 +475,8 @@ def test_demo_file_is_bundled_and_runs(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["dps", "reddiff"])
 def test_demo_samplers_beat_baselines_at_their_defaults(tmp_path, sampler):
-    # a regression test of the command line's defaults (DIFFUSION), which were chosen on this file:
-    # with the official RED-Diff weights it scored 9.7 dB against SENSE's 24.7 dB. Measured on
-    # slices 0-1: DPS 26.65 dB / 0.805, RED-Diff 26.41 / 0.827, SENSE 24.00 / 0.690.
+    # a regression test of the pipeline's defaults (SAMPLER_DEFAULTS), which were chosen on this
+    # file (the scores: benchmarks/)
     out = tmp_path / "demo"
     assert main(["--demo", "--sampler", sampler, "--slices", "0:2", "--device", "cpu", "--output", str(out)]) == 0
     scores = json.loads((out / "demo_brain.metrics.json").read_text())["metrics"]["reconstruction_rss"]
@@ -474,7 +520,7 @@ def test_torchrun_style_sharding_two_cpu_ranks(tmp_path, monkeypatch, capsys):
 
 _FAULTS_OF_A_LARGE_BLOCK = """
 import resource, sys, torch
-from diffinverse.reconstruct import keep_freed_memory
+from diffinverse.memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "apply" else None
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 torch.ones(64 << 20, dtype=torch.uint8)   # a 64 MiB block, written and freed once
@@ -506,3 +552,10 @@ def test_keep_freed_memory_stops_fresh_pages_for_large_blocks():
     # the environment's own setting stands
     applied, _ = _faults_of_a_large_block("apply", {**env, "MALLOC_MMAP_MAX_": "65536"})
     assert applied == "False"
+
+
+def test_keep_freed_memory_is_still_importable_from_the_command_line_module():
+    import diffinverse.memory
+    import diffinverse.reconstruct
+
+    assert diffinverse.reconstruct.keep_freed_memory is diffinverse.memory.keep_freed_memory
