@@ -12,7 +12,7 @@ import torch
 
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.samplers import DDS
-from diffinverse.samplers.data_consistency import tweedie_data_consistency
+from diffinverse.samplers.data_consistency import cg_data_consistency
 from test_samplers_gmm import NOISE, SHAPE, _bimodal_prior, _full_rank_physics, _inpainting, _measure, _row_mask
 
 
@@ -23,14 +23,14 @@ def test_cg_step_matches_a_dense_solve():
     x0_hat, y = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64), torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
     for phys, mat in ((physics, m.double()), (physics_lo, torch.diag(_row_mask().flatten()).double())):
         gamma = 2.5
-        got = tweedie_data_consistency(x0_hat, phys.A_adjoint(y), phys, gamma=gamma, num_iters=40)
+        got = cg_data_consistency(x0_hat, phys.A_adjoint(y), phys, gamma=gamma, num_iters=40)
         dense = torch.linalg.solve(torch.eye(16, dtype=torch.float64) + gamma * mat.T @ mat,
                                    (x0_hat.flatten(1) + gamma * (y.flatten(1) @ mat)).T).T
         # (to 1e-5: deepinv's CG adds eps = 1e-8 to its denominators, which stalls it near the solution)
         torch.testing.assert_close(got.flatten(1), dense, rtol=1e-4, atol=1e-5)
     # fewer iterations than unknowns: not the solution, but closer to it than the start
-    few = tweedie_data_consistency(x0_hat, physics.A_adjoint(y), physics, gamma=gamma, num_iters=2)
-    exact = tweedie_data_consistency(x0_hat, physics.A_adjoint(y), physics, gamma=gamma, num_iters=16)
+    few = cg_data_consistency(x0_hat, physics.A_adjoint(y), physics, gamma=gamma, num_iters=2)
+    exact = cg_data_consistency(x0_hat, physics.A_adjoint(y), physics, gamma=gamma, num_iters=16)
     assert 0 < (few - exact).norm() < 0.5 * (x0_hat - exact).norm()
 
 

@@ -1,56 +1,78 @@
-"""Data consistency on the Tweedie estimate: the step that DDS and DiffusionMBIR's Tweedie mode share.
+"""Data consistency by a few CG iterations: the step that DDS and DiffusionMBIR share.
 
-Given the denoised estimate ``x0_hat`` and measurements ``y = A x + noise``, the step solves
-approximately
+Given a starting estimate ``x_start`` (the Tweedie estimate ``x0_hat`` in DDS, the noisy state or
+``x0_hat`` in DiffusionMBIR) and measurements ``y = A x + noise``, the step runs a few
+conjugate-gradient iterations, started at ``x_start``, on
 
-    argmin_x  ||x - x0_hat||^2 / 2 + gamma ||A x - y||^2 / 2,
-    i.e.      (I + gamma A^H A) x = x0_hat + gamma A^H y,
+    (mu I + gamma A^H A + P) x = mu x_start + gamma A^H y + p,
 
-by a few conjugate-gradient iterations started at ``x0_hat`` (DDS, Chung, Lee & Ye 2024, Eq. 13 and
-Algorithm 1: a Krylov subspace around ``x0_hat`` keeps the update on the clean data manifold; 5
-iterations in the paper, which found 10 worse). The CG is deepinv's
-(:func:`deepinv.optim.utils.conjugate_gradient`), with inner products per batch item: for a volume
-``(B, C, D, H, W)`` they run over the whole volume.
+the normal equations of ``mu ||x - x_start||^2 / 2 + gamma ||A x - y||^2 / 2`` plus an optional
+quadratic penalty with normal operator ``P`` and right-hand side ``p`` (ADMM-TV's
+``rho D^T D`` and ``rho D^T (z - u)``). DDS (Chung, Lee & Ye 2024, Eq. 13, Algorithm 1) uses
+``mu = 1``, no penalty and 5 iterations (a Krylov subspace around ``x0_hat`` keeps the update near
+the clean data manifold; 10 were worse in the paper); DiffusionMBIR (Chung, Ryu & Ye 2023,
+Algorithm 1) uses ``mu = 0``, ``gamma = 1``, the ADMM penalty and 1 iteration.
+
+The CG is deepinv's (:func:`deepinv.optim.utils.conjugate_gradient`), with inner products per
+batch item: for a volume ``(B, C, D, H, W)`` they run over the whole volume.
 
 References:
     Chung, Lee & Ye, "Decomposed Diffusion Sampler for Accelerating Large-Scale Inverse Problems",
     ICLR 2024.
+    Chung, Ryu & Ye, "Solving 3D Inverse Problems using Pre-trained 2D Diffusion Models", CVPR 2023.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from deepinv.optim.utils import conjugate_gradient
 from deepinv.physics import LinearPhysics
 
-__all__ = ["tweedie_data_consistency"]
+__all__ = ["cg_data_consistency"]
 
 
-def tweedie_data_consistency(x0_hat: torch.Tensor, aty: torch.Tensor, physics: LinearPhysics, *, gamma: float,
-                             num_iters: int) -> torch.Tensor:
-    """``num_iters`` CG iterations on ``(I + gamma A^H A) x = x0_hat + gamma A^H y`` from ``x0_hat``.
+def cg_data_consistency(x_start: torch.Tensor, aty: torch.Tensor, physics: LinearPhysics, *, num_iters: int,
+                        gamma: float = 1.0, mu: float = 1.0,
+                        penalty: tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None
+                        ) -> torch.Tensor:
+    """``num_iters`` CG iterations on ``(mu I + gamma A^H A + P) x = mu x_start + gamma A^H y + p``
+    from ``x_start``.
 
     Args:
-        x0_hat: ``(B, ...)`` the Tweedie estimate (not modified).
+        x_start: ``(B, ...)`` the starting point and proximity centre (not modified).
         aty: ``(B, ...)`` ``A^H y``, computed once per run by the caller.
         physics: the linear forward model (its ``A_adjoint_A`` is used).
-        gamma: weight of the data term (``> 0``; larger trusts the measurements more).
         num_iters: CG iterations (``>= 1``); with as many iterations as unknowns the solve is exact.
+        gamma: weight of the data term (``> 0``).
+        mu: weight of the proximity term ``||x - x_start||^2 / 2`` (``>= 0``).
+        penalty: ``(P, p)``: a symmetric positive semi-definite operator and its right-hand side,
+            or ``None``.
 
     Returns:
-        ``(B, ...)`` the data-consistent estimate, shaped like ``x0_hat``.
+        ``(B, ...)`` the data-consistent estimate, shaped like ``x_start``.
     """
     if not (math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"gamma must be finite and > 0, got {gamma}")
+    if not (math.isfinite(mu) and mu >= 0):
+        raise ValueError(f"mu must be finite and >= 0, got {mu}")
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     if not isinstance(physics, LinearPhysics):
         raise TypeError(f"data consistency by CG needs a linear physics (A^H A), got {type(physics).__name__}")
+    normal_penalty, rhs_penalty = penalty if penalty is not None else (None, None)
 
     def normal(v: torch.Tensor) -> torch.Tensor:
-        return v + gamma * physics.A_adjoint_A(v)
+        out = gamma * physics.A_adjoint_A(v)
+        if mu:
+            out = out + mu * v
+        return out if normal_penalty is None else out + normal_penalty(v)
 
-    # tol 0: exactly num_iters iterations, as in the paper (not a solve to convergence)
-    return conjugate_gradient(normal, x0_hat + gamma * aty, max_iter=num_iters, tol=0.0, init=x0_hat,
-                              parallel_dim=0)
+    rhs = gamma * aty
+    if mu:
+        rhs = rhs + mu * x_start
+    if rhs_penalty is not None:
+        rhs = rhs + rhs_penalty
+    # tol 0: exactly num_iters iterations, as in the papers (not a solve to convergence)
+    return conjugate_gradient(normal, rhs, max_iter=num_iters, tol=0.0, init=x_start, parallel_dim=0)

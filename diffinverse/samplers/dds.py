@@ -30,7 +30,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from diffinverse.samplers.base import DiffusionSampler
-from diffinverse.samplers.data_consistency import tweedie_data_consistency
+from diffinverse.samplers.data_consistency import cg_data_consistency
 
 __all__ = ["DDS"]
 
@@ -84,7 +84,7 @@ class DDS(DiffusionSampler):
             x0_hat = self.denoise(x, sigma)
         # Eq. 13: data consistency on the clean estimate (CG from x0_hat, or the exact projection)
         if self.data_consistency == "cg":
-            x0_dc = tweedie_data_consistency(x0_hat, state["aty"], physics, gamma=self.gamma,
+            x0_dc = cg_data_consistency(x0_hat, state["aty"], physics, gamma=self.gamma,
                                              num_iters=self.cg_iters)
         else:
             x0_dc = x0_hat - physics.A_dagger(physics.A(x0_hat) - y)
