@@ -35,7 +35,8 @@ reads as one method::
   without float64): compute the step's coefficients from them with torch operations, in the step,
   and cast them with ``.to(x.dtype)`` where they meet the state.
 * ``noise`` is a standard normal draw shaped like ``x``, or ``None`` where :meth:`draws_noise`
-  says the step draws none (default: every step draws).
+  says the step draws none (default: every step draws); a sampler that needs ``k`` draws per step
+  (a predictor and a corrector) sets ``noise_draws = k`` and gets them stacked, ``(k, *x.shape)``.
 * The state may be anything :meth:`init_x` returns (an image shaped like ``A^H y`` by default; a
   latent, a volume), :meth:`init_state` may keep per-run tensors (optimiser moments, ADMM
   variables), and :meth:`finalize` maps the last state to what the call returns (decode a latent,
@@ -151,6 +152,7 @@ class DiffusionSampler:
     """
 
     supports_cuda_graph: ClassVar[bool] = False
+    noise_draws: ClassVar[int] = 1
 
     def __init__(self, prior, *, num_steps: int = 100,
                  schedule: Callable[..., torch.Tensor] | torch.Tensor = karras,
@@ -189,8 +191,8 @@ class DiffusionSampler:
         Args:
             x: the state at ``sigma`` (the step may update it in place).
             sigma, sigma_next: 0-d tensors on the state's device, in the grid's precision.
-            noise: a standard normal draw shaped like ``x``, or ``None`` where :meth:`draws_noise`
-                says so.
+            noise: a standard normal draw shaped like ``x`` (``(k, *x.shape)`` for
+                ``noise_draws = k > 1``), or ``None`` where :meth:`draws_noise` says so.
             y, physics: the measurements and their forward model.
             state: the per-run state of :meth:`init_state`.
         """
@@ -391,8 +393,9 @@ def _run_eagerly(sampler: DiffusionSampler, x, y, physics, state, sigmas: torch.
     state, the per-run state and the number of network evaluations."""
     sampler.network.reset()
     layout = sampler.state_format(x)
+    shape = x.shape if sampler.noise_draws == 1 else (sampler.noise_draws, *x.shape)
     for i in steps:
-        noise = randn(x.shape, x, generator) if draws[i] else None
+        noise = randn(shape, x, generator) if draws[i] else None
         x, x0_hat = sampler.step(x, sigmas[i], sigmas[i + 1], noise, y, physics, state)
         x = in_layout(x, layout)   # the network's layout (no copy where the step kept it)
         if sampler.callback is not None:
