@@ -1,0 +1,227 @@
+"""Active Diffusion Subsampling (ADS): choose what to measure next from the disagreement of particles.
+
+``N`` particles run one reverse diffusion together (each step is a step of a particle sampler,
+DDS by default, with the measurements acquired so far). At ``num_acquisitions`` steps spread
+evenly over a window of the run, the unmeasured candidate (a k-space line, a CT view, a pixel)
+whose predicted measurements the particles disagree on most is measured next: with
+``y_i = A_full(x0_hat_i)`` the particles' predicted full measurements and ``P_l`` the selection of
+candidate ``l``'s entries, its estimated entropy is (Nolan et al. 2025, Eq. 8, the official code's
+form, with a positive exponent)
+
+    H_l = sum_i logsumexp_j ( ||P_l (y_i - y_j)||^2 / (2 s^2) )            (kernel="ads")
+
+or the entropy estimate of the Gaussian mixture ``(1/N) sum_j N(y_j, s^2 I)`` evaluated at the
+particles (a negative exponent; up to constants that do not depend on ``l`` when candidates
+have equally many entries)
+
+    H_l = -(1/N) sum_i logsumexp_j ( -||P_l (y_i - y_j)||^2 / (2 s^2) )     (kernel="gmm").
+
+For large ``s`` both rank candidates by the particles' variance of ``P_l y``. ``measure(mask)`` is
+called once per acquisition with the new candidate's mask only, so that a retrospective run
+(from fully sampled data) and a prospective one (a callback to a scanner) are the same call; its
+results are added up, so the measurements of a mask must be zero where the mask is (fastMRI-style
+zero-filled k-space, inpainting, a masked sinogram).
+
+References:
+    Nolan, Verhaeghe, van Gorp, Wijnen & van Sloun, "Active Diffusion Subsampling", TMLR 2025.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from diffinverse.samplers.base import DiffusionSampler, randn
+from diffinverse.samplers.checks import check_finite, checked_generator
+
+__all__ = ["ActiveResult", "ActiveSubsampling", "candidate_entropies"]
+
+
+@dataclass(frozen=True)
+class ActiveResult:
+    """What an active acquisition returns.
+
+    Attributes:
+        mean, std: ``(1, ...)`` the particles' mean and standard deviation at the end.
+        particles: ``(N, ...)`` the final particles.
+        mask: the final sampling mask (``initial_mask`` plus every acquired candidate), bool.
+        order: the acquired candidates' ids, in acquisition order.
+        entropies: ``(num_acquisitions, L)`` every candidate's estimated entropy at every
+            acquisition (``-inf`` for candidates already measured).
+        measurements: the measurements of ``mask`` (the sum of ``measure``'s results).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    particles: torch.Tensor
+    mask: torch.Tensor
+    order: tuple[int, ...]
+    entropies: torch.Tensor
+    measurements: torch.Tensor
+
+
+def candidate_entropies(predicted: torch.Tensor, groups: torch.Tensor, num_candidates: int, *, s: float,
+                        kernel: Literal["ads", "gmm"] = "ads") -> torch.Tensor:
+    """Each candidate's estimated entropy from the particles' predicted measurements.
+
+    Args:
+        predicted: ``(N, ...)`` predicted full measurements of ``N`` particles (real; complex data
+            as real channels).
+        groups: long tensor shaped like one particle's measurements, ``predicted.shape[1:]``: the
+            candidate id (``0 .. L-1``) of every entry, ``-1`` for entries that belong to none.
+        num_candidates: ``L``.
+        s: the kernel width, in measurement units.
+        kernel: ``"ads"`` or ``"gmm"`` (see the module notes).
+
+    Returns:
+        ``(L,)`` float64 entropies.
+    """
+    if kernel not in ("ads", "gmm"):
+        raise ValueError(f"kernel must be 'ads' or 'gmm', got {kernel!r}")
+    if groups.shape != predicted.shape[1:]:
+        raise ValueError(f"groups has shape {tuple(groups.shape)}, the measurements {tuple(predicted.shape[1:])}")
+    n = predicted.shape[0]
+    y = predicted.reshape(n, -1).double()
+    gid = groups.reshape(-1).to(y.device)
+    keep = gid >= 0
+    y, gid = y[:, keep], gid[keep]
+    # d2[i, j, l] = ||P_l (y_i - y_j)||^2, one particle i at a time (memory N x entries)
+    d2 = torch.zeros(n, n, num_candidates, dtype=torch.float64, device=y.device)
+    for i in range(n):
+        d2[i].index_add_(1, gid, (y[i] - y).square())
+    sign = 1.0 if kernel == "ads" else -1.0
+    lse = torch.logsumexp(sign * d2 / (2 * s**2), dim=1)        # (N, L)
+    return lse.sum(0) if kernel == "ads" else -lse.mean(0)
+
+
+class ActiveSubsampling:
+    """Active Diffusion Subsampling with a pluggable particle sampler.
+
+    Args:
+        sampler: the particle sampler whose steps move the particles
+            (:class:`~diffinverse.samplers.dds.DDS` for speed, :class:`~diffinverse.samplers.dps.DPS`
+            for the paper's), with its grid, warm start and network settings.
+        budget: candidates to acquire (``num_acquisitions``).
+        num_particles: ``N`` (the paper: 16).
+        window: ``(start, stop)`` fractions of the run's steps between which the acquisitions
+            are spread evenly (acquisition ``k`` at step ``start + k * (stop - start) // budget``).
+        kernel: the entropy estimate, ``"ads"`` (the paper's) or ``"gmm"``.
+        s: the entropy kernel's width, in measurement units.
+        progress: show a progress bar.
+
+    References:
+        Nolan et al., "Active Diffusion Subsampling", TMLR 2025.
+    """
+
+    def __init__(self, sampler: DiffusionSampler, *, budget: int, num_particles: int = 16,
+                 window: tuple[float, float] = (0.0, 0.8), kernel: Literal["ads", "gmm"] = "ads",
+                 s: float = 1.0, progress: bool = False):
+        if not isinstance(sampler, DiffusionSampler):
+            raise TypeError(f"sampler must be a DiffusionSampler (e.g. DDS), got {type(sampler).__name__}")
+        if int(budget) != budget or budget < 1:
+            raise ValueError(f"budget must be an integer >= 1, got {budget}")
+        if int(num_particles) != num_particles or num_particles < 2:
+            raise ValueError(f"num_particles must be an integer >= 2 (their disagreement is the entropy), "
+                             f"got {num_particles}")
+        if not 0 <= window[0] < window[1] <= 1:
+            raise ValueError(f"window must be (start, stop) with 0 <= start < stop <= 1, got {window}")
+        if kernel not in ("ads", "gmm"):
+            raise ValueError(f"kernel must be 'ads' or 'gmm', got {kernel!r}")
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"s must be finite and > 0, got {s}")
+        self.sampler, self.budget, self.num_particles = sampler, int(budget), int(num_particles)
+        self.window, self.kernel, self.s, self.progress = tuple(window), kernel, float(s), progress
+        self.last_nfe = 0
+
+    def acquisition_steps(self, num_steps: int) -> list[int]:
+        """The steps (of ``num_steps``) before which an acquisition happens."""
+        start, stop = int(self.window[0] * num_steps), max(int(self.window[1] * num_steps), 1)
+        interval = max((stop - start) // self.budget, 1)
+        steps = [min(start + k * interval, num_steps - 1) for k in range(self.budget)]
+        return steps
+
+    def __call__(self, measure: Callable[[torch.Tensor], torch.Tensor],
+                 physics_for_mask: Callable[[torch.Tensor], object], candidates: torch.Tensor, *,
+                 initial_mask: torch.Tensor, groups: torch.Tensor, x_shape: tuple[int, ...],
+                 generator: torch.Generator | None = None) -> ActiveResult:
+        """Acquire ``budget`` candidates while sampling; returns an :class:`ActiveResult`.
+
+        Args:
+            measure: ``measure(mask) -> y``, the measurements of ``mask`` (zero elsewhere), ``(1, ...)``;
+                called once for a non-empty ``initial_mask`` and once per acquisition, never twice
+                for the same entries.
+            physics_for_mask: ``physics_for_mask(mask)``: the forward model of a mask (zero-filled
+                measurements shaped like ``measure``'s), applied to a batch of particles.
+            candidates: ``(L, *mask.shape)`` bool: candidate ``l``'s part of a mask.
+            initial_mask: bool mask measured before the first step (e.g. the k-space centre).
+            groups: candidate id of every measurement entry (``-1``: none), shaped like ``y[0]``.
+            x_shape: the shape of one image, ``(1, C, H, W)``.
+            generator: source of all randomness.
+
+        Raises:
+            ValueError: if the budget exceeds the candidates not in ``initial_mask``, the initial
+                mask is already full, or ``measure`` returns the wrong shape or non-finite values.
+        """
+        sampler = self.sampler
+        generator = checked_generator(generator, candidates.device)
+        candidates = candidates.bool()
+        mask = initial_mask.bool().clone()
+        if candidates.shape[1:] != mask.shape:
+            raise ValueError(f"candidates have shape {tuple(candidates.shape)}, expected (L, *{tuple(mask.shape)})")
+        open_ = ~(candidates & mask).flatten(1).any(1)
+        if not open_.any():
+            raise ValueError("the initial mask already contains every candidate: nothing left to acquire")
+        if self.budget > int(open_.sum()):
+            raise ValueError(f"budget {self.budget} exceeds the {int(open_.sum())} candidates not yet measured")
+        full = physics_for_mask(torch.ones_like(mask))
+        if mask.any():
+            y = self._measure(measure, mask, None)
+        else:   # nothing measured yet: zero-filled measurements of the right shape, no call
+            y = torch.zeros_like(full.A(torch.zeros(x_shape, device=candidates.device)))
+        physics = physics_for_mask(mask)
+        n = self.num_particles
+        y_n = y.expand(n, *y.shape[1:])
+        # the particle sampler's grid, cold or warm (from A_dagger of what is measured) as it is set
+        levels = sampler.schedule_for(sampler.sigma_start).tolist()
+        sigmas = sampler._device_grid(levels, y.device)
+        warm = sampler.sigma_start is not None
+        x = sampler.init_x(y_n, physics, physics.A_dagger(y_n) if warm else None, levels[0], warm, generator,
+                           (n, *x_shape[1:]))
+        at = dict.fromkeys(self.acquisition_steps(len(levels) - 1))
+        order, entropies = [], []
+        state = sampler.init_state(x, y_n, physics)
+        sampler.network.reset()
+        for i in range(len(levels) - 1):
+            if i in at:
+                with torch.no_grad():
+                    x0_hat = sampler.denoise(x, sigmas[i])
+                    h = candidate_entropies(full.A(x0_hat), groups, len(candidates), s=self.s, kernel=self.kernel)
+                h = torch.where(open_.to(h.device), h, torch.full_like(h, -math.inf))
+                best = int(h.argmax())
+                entropies.append(h)
+                order.append(best)
+                open_[best] = False
+                y = self._measure(measure, candidates[best], y)
+                mask |= candidates[best]
+                physics = physics_for_mask(mask)
+                y_n = y.expand(n, *y.shape[1:])
+                state = sampler.init_state(x, y_n, physics)
+            noise = randn(x.shape, x, generator) if sampler.draws_noise(levels[i], levels[i + 1]) else None
+            x, _ = sampler.step(x, sigmas[i], sigmas[i + 1], noise, y_n, physics, state)
+        self.last_nfe = sampler.network.nfe
+        x = x.detach()
+        return ActiveResult(mean=x.mean(0, keepdim=True), std=x.std(0, keepdim=True), particles=x, mask=mask,
+                            order=tuple(order), entropies=torch.stack(entropies), measurements=y)
+
+    @staticmethod
+    def _measure(measure, mask: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        new = measure(mask)
+        if not isinstance(new, torch.Tensor):
+            raise TypeError(f"measure must return a tensor, got {type(new).__name__}")
+        if y is not None and new.shape != y.shape:
+            raise ValueError(f"measure returned shape {tuple(new.shape)}, earlier measurements have {tuple(y.shape)}")
+        check_finite(new, "measure's result")
+        return new if y is None else y + new
