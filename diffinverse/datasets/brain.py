@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BrainSlices", "CANVAS", "TEST_SLAB", "save_template"]
+__all__ = ["BrainSlices", "CANVAS", "TEST_SLAB", "save_template", "smooth_random_phase"]
 
 CANVAS = 256
 # Held-out slab: template z indices [88, 104) (about 16-32 mm above the AC plane); training
@@ -116,14 +116,45 @@ def _load_template_file(path: str | os.PathLike) -> tuple[torch.Tensor, np.ndarr
     return (maps.float() / 255 * torch.tensor(_QSCALE)[:, None, None]).to(torch.float16), z
 
 
-def _smooth(n: int, res: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Smooth random field ``(n, 1, 256, 256)``: ``res x res`` standard normals, bicubic upsampled."""
+def _smooth(n: int, res: int, generator: torch.Generator, device: torch.device,
+            size: tuple[int, int] = (CANVAS, CANVAS)) -> torch.Tensor:
+    """Smooth random field ``(n, 1, *size)``: ``res x res`` standard normals, bicubic upsampled."""
     coarse = torch.randn(n, 1, res, res, generator=generator, device=device)
-    return F.interpolate(coarse, size=(CANVAS, CANVAS), mode="bicubic", align_corners=True)
+    return F.interpolate(coarse, size=size, mode="bicubic", align_corners=True)
 
 
 def _uniform(shape, lo, hi, generator: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(shape, generator=generator)
+
+
+def smooth_random_phase(n: int, size: tuple[int, int] = (CANVAS, CANVAS), *, generator: torch.Generator,
+                        field_generator: torch.Generator | None = None,
+                        device: str | torch.device = "cpu") -> torch.Tensor:
+    """The smooth random phase of :class:`BrainSlices` (step 6): constant + linear ramp + low-order field.
+
+    ``phase = phi0 + a_x x + a_y y + b f(x, y)`` on ``x, y`` in ``[-1, 1]``, with ``phi0, a_x, a_y``
+    uniform in ``[-pi, pi]``, ``b`` uniform in ``[0, pi]`` and ``f`` a 3 x 3 grid of standard normals
+    upsampled bicubically to ``size``. Multiply a magnitude image by ``exp(i phase)`` to make it a
+    complex image like the ``mri-brain`` training data.
+
+    Args:
+        n: number of phase maps.
+        size: ``(H, W)`` in pixels.
+        generator: CPU generator of the per-map scalars.
+        field_generator: generator (on ``device``) of the smooth field; defaults to ``generator``.
+        device: where the maps are made.
+
+    Returns:
+        float32 ``(n, H, W)`` phase in radians.
+    """
+    dev = torch.device(device)
+    g_dev = generator if field_generator is None else field_generator
+    H, W = size
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, H, device=dev), torch.linspace(-1, 1, W, device=dev), indexing="ij")
+    phi0 = _uniform((n, 1, 1), -math.pi, math.pi, generator).to(dev)
+    ramp = _uniform((n, 2, 1, 1), -math.pi, math.pi, generator).to(dev)
+    phi_amp = _uniform((n, 1, 1), 0.0, math.pi, generator).to(dev)
+    return phi0 + ramp[:, 0] * xx + ramp[:, 1] * yy + phi_amp * _smooth(n, 3, g_dev, dev, size=(H, W))[:, 0]
 
 
 class BrainSlices:
@@ -244,12 +275,7 @@ class BrainSlices:
         mag = mag / torch.quantile(mag.flatten(1), 0.995, dim=1).clamp_min(1e-6)[:, None, None]
 
         # 6. smooth phase and complex Gaussian noise
-        yy, xx = torch.meshgrid(torch.linspace(-1, 1, CANVAS, device=dev), torch.linspace(-1, 1, CANVAS, device=dev),
-                                indexing="ij")
-        phi0 = _uniform((n, 1, 1), -math.pi, math.pi, g).to(dev)
-        ramp = _uniform((n, 2, 1, 1), -math.pi, math.pi, g).to(dev)
-        phi_amp = _uniform((n, 1, 1), 0.0, math.pi, g).to(dev)
-        phase = phi0 + ramp[:, 0] * xx + ramp[:, 1] * yy + phi_amp * _smooth(n, 3, g_dev, dev)[:, 0]
+        phase = smooth_random_phase(n, generator=g, field_generator=g_dev, device=dev)
         lo, hi = self.noise_range
         noise_std = torch.exp(_uniform((n, 1, 1, 1), math.log(lo), math.log(hi), g)).to(dev)
         z = torch.stack([mag * phase.cos(), mag * phase.sin()], 1)
