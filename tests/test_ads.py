@@ -10,7 +10,7 @@ import torch
 
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.samplers import DDS, ActiveSubsampling
-from diffinverse.samplers.ads import candidate_entropies
+from diffinverse.samplers.ads import candidate_entropies, kspace_line_candidates
 
 SHAPE = (1, 4, 4)
 NOISE = 0.01
@@ -122,3 +122,12 @@ def test_same_seed_same_choices_and_bad_input_is_named():
     for bad in ({"budget": 0}, {"num_particles": 1}, {"window": (0.5, 0.2)}, {"kernel": "mi"}, {"s": 0.0}):
         with pytest.raises(ValueError):
             ActiveSubsampling(ads.sampler, **{"budget": 2, **bad})
+
+
+def test_kspace_line_candidates_are_the_columns():
+    candidates, groups = kspace_line_candidates((2, 3, 5, 6))           # multi-coil k-space (2, coils, H, W)
+    assert candidates.shape == (6, 5, 6) and torch.equal(candidates.sum(0), torch.ones(5, 6, dtype=torch.long))
+    assert torch.equal(candidates[2].nonzero()[:, 1].unique(), torch.tensor([2]))
+    assert groups.shape == (2, 3, 5, 6) and torch.equal(groups[1, 2, 4], torch.arange(6))
+    with pytest.raises(ValueError, match="end in"):
+        kspace_line_candidates((5,))

@@ -37,7 +37,7 @@ import torch
 from diffinverse.samplers.base import DiffusionSampler, randn
 from diffinverse.samplers.checks import check_finite, checked_generator
 
-__all__ = ["ActiveResult", "ActiveSubsampling", "candidate_entropies"]
+__all__ = ["ActiveResult", "ActiveSubsampling", "candidate_entropies", "kspace_line_candidates"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,25 @@ def candidate_entropies(predicted: torch.Tensor, groups: torch.Tensor, num_candi
     sign = 1.0 if kernel == "ads" else -1.0
     lse = torch.logsumexp(sign * d2 / (2 * s**2), dim=1)        # (N, L)
     return lse.sum(0) if kernel == "ads" else -lse.mean(0)
+
+
+def kspace_line_candidates(measurement_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase-encode lines (k-space columns, fastMRI's convention) as ADS candidates.
+
+    Args:
+        measurement_shape: one item's measurement shape ending in ``(H, W)``, e.g. ``(2, H, W)``
+            single-coil or ``(2, N_coils, H, W)`` multi-coil k-space.
+
+    Returns:
+        ``(candidates, groups)``: ``(W, H, W)`` bool masks (candidate ``l`` = column ``l``) and the
+        column of every measurement entry, shaped ``measurement_shape``.
+    """
+    if len(measurement_shape) < 2:
+        raise ValueError(f"measurement_shape must end in (H, W), got {tuple(measurement_shape)}")
+    h, w = measurement_shape[-2:]
+    candidates = torch.zeros(w, h, w, dtype=torch.bool)
+    candidates[torch.arange(w), :, torch.arange(w)] = True
+    return candidates, torch.arange(w).expand(*measurement_shape).clone()
 
 
 class ActiveSubsampling:
