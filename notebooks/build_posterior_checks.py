@@ -1,10 +1,21 @@
 """Build and execute ``posterior_checks.ipynb``: the samplers against an exact posterior, their
 uncertainty on MRI, and what the warm start buys.
 
-Usage: ``python notebooks/build_posterior_checks.py`` (needs the ``notebooks`` extra: jupyter;
-about 4 minutes on 2 CPU cores).
+Usage: ``python notebooks/build_posterior_checks.py`` (needs ``nbclient`` and ``ipykernel``, in the
+``test`` extra). The notebook's first code cell holds its size parameters; they are set small so that
+``tests/test_notebooks.py`` runs it in CI on two CPU cores.
 """
 from _build import build
+
+PARAMETERS = (
+    "# Parameters, small so that CI runs this notebook on 2 CPU cores in a few minutes.\n"
+    "# On a GPU (or with time to spare) raise them: NUM_DRAWS = 1000, NUM_SLICES = 4,\n"
+    "# NUM_SAMPLES = 16, GRIDS = [25, 50, 100, 200].\n"
+    "NUM_DRAWS = 300       # section 1: draws per method (RED-Diff: a tenth of them, 300 steps each)\n"
+    "NUM_SLICES = 2        # sections 2 and 3: held-out 64x64 MRI slices\n"
+    "NUM_SAMPLES = 8       # section 2: DPS posterior samples per slice\n"
+    "GRIDS = [10, 25]      # section 3: step counts of the Karras grid"
+)
 
 CELLS = [
     ("md", "# Checking the samplers: an exact posterior, uncertainty in MRI, warm starts\n\n"
@@ -13,13 +24,14 @@ CELLS = [
            "2. With the shipped `mri-brain` prior: does the spread of DPS's samples point at its errors?\n"
            "3. Warm start (Come-Closer-Diffuse-Faster): quality against network evaluations, from noise and "
            "from the zero-filled image."),
+    ("code", PARAMETERS),
     ("code", "import math, scipy.stats, torch, deepinv as dinv, matplotlib.pyplot as plt\n"
              "from diffinverse.datasets.brain import BrainSlices\n"
+             "from diffinverse.imaging import to_prior_range\n"
              "from diffinverse.metrics import psnr\n"
              "from diffinverse.operators import SingleCoilMRI, random_lines, fft2c, ifft2c, to_channels, to_complex\n"
              "from diffinverse.priors import GaussianMixturePrior, load\n"
-             "from diffinverse.samplers import DPS, REDDiff\n"
-             "torch.set_num_threads(2)"),
+             "from diffinverse.samplers import DPS, REDDiff"),
     ("md", "## 1. An exact posterior\n"
            "4x4 images from a mixture of two Gaussians whose means differ only in rows 1 and 3 (`+v` and `-v`); "
            "the operator observes rows 0 and 2 with noise 0.1. The measurement cannot tell the two components "
@@ -37,14 +49,14 @@ CELLS = [
              "x0 = prior.sample(1, generator=g)\n"
              "y = physics.A(x0) + 0.1 * torch.randn(x0.shape, generator=g) * mask\n"
              "exact = prior.posterior(y.double(), physics, noise_sigma=0.1)\n"
-             "n = 1000\n"
+             "n = NUM_DRAWS\n"
              "draws = {\n"
              "    'prior': prior.sample(n, generator=g),\n"
              "    'exact posterior': exact.sample(n, generator=g),\n"
              "    'DPS (50 steps)': DPS(prior, num_steps=50, zeta=0.3, progress=False)\n"
              "                      .posterior(y, physics, num_samples=n, generator=g).samples[:, 0],\n"
              "    'RED-Diff (300 steps)': REDDiff(prior, num_steps=300, lr=0.05, progress=False)\n"
-             "                           .posterior(y, physics, num_samples=100, generator=g).samples[:, 0],\n"
+             "                           .posterior(y, physics, num_samples=max(n // 10, 2), generator=g).samples[:, 0],\n"
              "}\n"
              "print('draws per method:', {k: len(s) for k, s in draws.items()})\n"
              "print(f\"{'':22s} {'|mean - exact|':>15s} {'|cov - exact|':>14s} {'share at +v':>12s}\")\n"
@@ -59,42 +71,41 @@ CELLS = [
              "    a.set_title(name); a.set_xlabel('pixel (1, 1)')\n"
              "ax[0].set_ylabel('pixel (3, 2)')\n"
              "plt.tight_layout()"),
-    ("md", "DPS finds both modes in the right proportion, and its mean and covariance come close to the exact "
-           "ones (in this run 0.15 and 0.07 off, against 1.5 and 2.1 for the prior's). RED-Diff is not a "
-           "sampler: it fits a point estimate near a posterior mode, and its noise decides which mode. With 300 "
-           "small steps (`lr` 0.05, the setting of `tests/test_samplers_gmm.py`) its runs sit in tight clusters "
-           "at the two modes, with little of the posterior's spread. With 50 steps at the default `lr` 0.25 (a "
-           "first draft of this notebook) they had not settled: they scattered widely around both modes "
-           "(covariance error 2.8, above the prior's). Point estimates near a mode are what the method "
-           "promises, and what the tests assert of it."),
+    ("md", "DPS should find both modes in about the right proportion, with a mean and covariance far closer to "
+           "the exact ones than the prior's (the table above; `tests/test_samplers_gmm.py` asserts this). "
+           "RED-Diff is not a sampler: it fits a point estimate near a posterior mode, and its noise decides "
+           "which mode. With 300 small steps (`lr` 0.05, the setting of `tests/test_samplers_gmm.py`) its runs "
+           "sit in tight clusters at the two modes, with little of the posterior's spread; with few steps at a "
+           "large `lr` they do not settle. Point estimates near a mode are what the method promises, and what "
+           "the tests assert of it."),
     ("md", "## 2. Uncertainty in MRI\n"
-           "Four held-out brain slices at 64x64 (central k-space of the 256x256 slices, scaled like the "
+           "Held-out brain slices at 64x64 (central k-space of the 256x256 slices, scaled like the "
            "end-to-end benchmark's), single-coil 4x random lines, k-space noise 0.01; DPS with the end-to-end "
            "test's frozen settings for this task (40-step grid, warm start from the zero-filled image at "
-           "sigma 0.3), 16 samples per slice in one batch."),
+           "sigma 0.3), `NUM_SAMPLES` samples per slice in one batch."),
     ("code", "size = 64\n"
-             "slices = BrainSlices('test', generator=torch.Generator().manual_seed(3)).sample(4)   # (4, 2, 256, 256)\n"
+             "slices = BrainSlices('test', generator=torch.Generator().manual_seed(3)).sample(NUM_SLICES)   # (S, 2, 256, 256)\n"
              "c = (256 - size) // 2\n"
              "x = to_channels(ifft2c(fft2c(to_complex(slices))[..., c:c + size, c:c + size]) * (size / 256))\n"
-             "x = x / torch.quantile(x.square().sum(1).sqrt().flatten(1), 0.995, dim=1)[:, None, None, None]\n"
+             "x, _ = to_prior_range(x)                                              # magnitude's 99.5th percentile at 1\n"
              "gm = torch.Generator().manual_seed(1)\n"
              "mri = SingleCoilMRI(random_lines((size, size), 4, 0.08, generator=gm))\n"
              "y = mri.A(x)\n"
              "y = y + 0.01 * torch.randn(y.shape, generator=gm) * mri.mask\n"
              "mri_prior = load('mri-brain')\n"
              "dps = DPS(mri_prior, num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3, progress=False)\n"
-             "post = dps.posterior(y, mri, num_samples=16, generator=torch.Generator().manual_seed(2))\n"
-             "mag = lambda z: z.square().sum(-3).sqrt()\n"
-             "truth, samples = mag(x), mag(post.samples)                           # (4, 64, 64), (16, 4, 64, 64)\n"
+             "post = dps.posterior(y, mri, num_samples=NUM_SAMPLES, generator=torch.Generator().manual_seed(2))\n"
+             "mag = lambda z: z.square().sum(-3).sqrt()                            # complex magnitude, any leading dims\n"
+             "truth, samples = mag(x), mag(post.samples)                           # (S, 64, 64), (N, S, 64, 64)\n"
              "mean, std = samples.mean(0), samples.std(0)\n"
              "err = (truth - mean).abs()\n"
              "print(f'PSNR: zero-filled {psnr(truth, mag(mri.A_adjoint(y))):.2f}, one sample {psnr(truth, samples[0]):.2f}, '\n"
-             "      f'mean of 16 {psnr(truth, mean):.2f} dB ({dps.last_nfe} network calls for all samples)')\n"
+             "      f'mean of {NUM_SAMPLES} {psnr(truth, mean):.2f} dB ({dps.last_nfe} network calls for all samples)')\n"
              "print(f'pixels within mean +- 1.96 std: {(err <= 1.96 * std).double().mean():.2f} (0.95 if calibrated)')\n"
              "print(f'Spearman rank correlation of std and |error|: '\n"
              "      f'{scipy.stats.spearmanr(std.flatten(), err.flatten()).statistic:.2f}')"),
     ("code", "fig, ax = plt.subplots(1, 5, figsize=(20, 4))\n"
-             "panels = [(truth[0], 'reference', 'gray'), (mean[0], 'DPS mean of 16', 'gray'),\n"
+             "panels = [(truth[0], 'reference', 'gray'), (mean[0], f'DPS mean of {NUM_SAMPLES}', 'gray'),\n"
              "          (std[0], 'DPS std', 'magma'), (err[0], '|error| of the mean', 'magma')]\n"
              "for a, (im, title, cmap) in zip(ax, panels):\n"
              "    a.imshow(im, cmap=cmap); a.set_title(title); a.axis('off')\n"
@@ -107,24 +118,24 @@ CELLS = [
              "ax[4].plot([0, top], [0, top * math.sqrt(2 / math.pi)], 'k--', label='calibrated: sqrt(2/pi) std')\n"
              "ax[4].set_xlabel('posterior std'); ax[4].set_ylabel('mean |error|'); ax[4].legend()\n"
              "plt.tight_layout()"),
-    ("md", "The spread does point at the errors (a rank correlation well above 0), but it is too small: far fewer "
-           "than 95 % of pixels lie within 1.96 standard deviations of the mean, and the binned errors lie above "
-           "the calibrated line. Read the std map as *where* the reconstruction is uncertain, not as an error "
-           "bar. `benchmarks/posterior_calibration.py` measures the same on all end-to-end tasks "
-           "(`benchmarks/README.md`)."),
+    ("md", "Measured on all end-to-end tasks (`benchmarks/posterior_calibration.py`, section \"Posterior spread "
+           "and posterior mean\" of `benchmarks/README.md`), the spread points at the errors (a rank correlation "
+           "well above 0) but is too small: far fewer than 95 % of pixels lie within 1.96 standard deviations of "
+           "the mean, and the binned errors lie above the calibrated line. Read the std map as *where* the "
+           "reconstruction is uncertain, not as an error bar. With the small parameters above the estimate of "
+           "the std is itself noisy."),
     ("md", "## 3. Warm start\n"
            "DPS from pure noise (the full grid from sigma 80) against DPS from the zero-filled image at sigma 0.3 "
-           "(only the grid's steps below 0.3 run), on the same four slices. The cold start gets the best of three "
+           "(only the grid's steps below 0.3 run), on the same slices. The cold start gets the best of three "
            "`zeta` values for each step count, chosen on these very slices, which flatters it; the warm start "
            "keeps the frozen setting above."),
     ("code", "def dps_psnr(steps, **kw):\n"
              "    d = DPS(mri_prior, num_steps=steps, progress=False, **kw)\n"
              "    out = d(y, mri, generator=torch.Generator().manual_seed(4))\n"
              "    return d.last_nfe, float(psnr(truth, mag(out)))\n"
-             "grids = [25, 50, 100, 200]\n"
-             "cold = [max((dps_psnr(s, zeta=z) for z in (1.0, 3.0, 6.0)), key=lambda r: r[1]) for s in grids]\n"
-             "warm = [dps_psnr(s, zeta=0.5, squared_norm=True, sigma_start=0.3) for s in grids]\n"
-             "for s, (nc, pc), (nw, pw) in zip(grids, cold, warm):\n"
+             "cold = [max((dps_psnr(s, zeta=z) for z in (1.0, 3.0, 6.0)), key=lambda r: r[1]) for s in GRIDS]\n"
+             "warm = [dps_psnr(s, zeta=0.5, squared_norm=True, sigma_start=0.3) for s in GRIDS]\n"
+             "for s, (nc, pc), (nw, pw) in zip(GRIDS, cold, warm):\n"
              "    print(f'{s:4d}-step grid: cold {pc:.2f} dB with {nc:3d} network calls, warm {pw:.2f} dB with {nw:3d}')\n"
              "plt.figure(figsize=(6, 4))\n"
              "plt.plot(*zip(*cold), 'o-', label='from noise (best zeta of 3)')\n"
@@ -132,12 +143,14 @@ CELLS = [
              "plt.axhline(float(psnr(truth, mag(mri.A_adjoint(y)))), color='gray', ls=':', label='zero-filled')\n"
              "plt.xscale('log'); plt.xlabel('network evaluations (forward + backward)'); plt.ylabel('PSNR (dB)')\n"
              "plt.legend(); plt.tight_layout()"),
-    ("md", "From the zero-filled image, 9 network evaluations (the 25-step grid's steps below sigma 0.3) give what "
-           "the cold start reaches with 50 (in this run 21.57 against 21.52 dB). With 100-200 evaluations and "
-           "`zeta` picked on these slices the cold start goes 0.1-0.2 dB further. The warm start's `zeta` was "
-           "frozen for a 40-step grid; on finer grids the guidance acts more often and the result drops a little "
-           "(60 evaluations: 21.35 dB), so retune `zeta` with the step count. The end-to-end tests and the "
-           "command line (`--sigma-start`, `--warm-start`) start every diffusion sampler warm."),
+    ("md", "The warm start needs a fraction of the cold start's network evaluations for the same quality: its "
+           "25-step grid runs only the steps below sigma 0.3. With hundreds of evaluations (the larger `GRIDS` of "
+           "the first cell) and `zeta` picked on the slices themselves, the cold start can go a little further. "
+           "The warm start's `zeta` was frozen for a "
+           "40-step grid; on finer grids the guidance acts more often, so retune `zeta` with the step count. "
+           "The end-to-end tests and the command line (`--sigma-start`, `--warm-start`) start every diffusion "
+           "sampler warm; `benchmarks/README.md` (\"Samplers end to end\", PSNR against wall time) has the "
+           "measured trade-off."),
 ]
 
 
