@@ -48,7 +48,14 @@ def main() -> None:
             starts[init] = dataclasses.replace(task, init=init).warm_start(y, physics)
             print("{}  PSNR {:.2f} SSIM {:.4f}".format(init, *scores(x, starts[init])), flush=True)
         t = time.perf_counter()
-        out, _ = task.run(args.method, prior, y, physics, starts[init], seed=SAMPLER_SEED, **kw)
+        if args.method in task.settings:
+            out, _ = task.run(args.method, prior, y, physics, starts[init], seed=SAMPLER_SEED, **kw)
+        else:   # a sampler the task has no settings for yet: the grid gives them all (sigma_start too)
+            kw = dict(kw)
+            sigma_start = kw.pop("sigma_start")
+            out = SAMPLERS[args.method].cls(prior, progress=False, **kw)(
+                y, physics, generator=torch.Generator().manual_seed(SAMPLER_SEED), x_init=starts[init],
+                sigma_start=sigma_start)
         p, s = scores(x, out)
         print(f"{dict(zip(grid, values))}  PSNR {p:.2f} SSIM {s:.4f}  {time.perf_counter() - t:.1f}s", flush=True)
 

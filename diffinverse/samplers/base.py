@@ -18,37 +18,7 @@ step ``i`` takes the state from ``sigmas[i]`` to ``sigmas[i + 1]``. Warm start
 ``sigma_start`` from ``x_init + sigma_start * n`` (``x_init`` defaults to ``physics.A_dagger(y)``,
 e.g. SENSE for MRI, FBP for CT) and runs only the part of the grid below ``sigma_start``.
 
-How to add a sampler
---------------------
-Subclass :class:`DiffusionSampler` and write :meth:`~DiffusionSampler.step`; the paper's update
-reads as one method::
-
-    class TweedieGuided(DiffusionSampler):
-        def step(self, x, sigma, sigma_next, noise, y, physics, state):
-            x0_hat = self.denoise(x, sigma)                               # Tweedie mean
-            grad, _ = data_fidelity_grad(x0_hat, y, physics)              # A^H (A x0_hat - y)
-            x0_hat = x0_hat - self.step_size * grad                       # data consistency
-            x_next = x0_hat + (sigma_next / sigma).to(x.dtype) * (x - x0_hat)   # DDIM, eta = 0
-            return x_next, x0_hat
-
-* ``sigma`` and ``sigma_next`` are 0-d float64 tensors on the state's device (float32 on devices
-  without float64): compute the step's coefficients from them with torch operations, in the step,
-  and cast them with ``.to(x.dtype)`` where they meet the state.
-* ``noise`` is a standard normal draw shaped like ``x``, or ``None`` where :meth:`draws_noise`
-  says the step draws none (default: every step draws); a sampler that needs ``k`` draws per step
-  (a predictor and a corrector) sets ``noise_draws = k`` and gets them stacked, ``(k, *x.shape)``.
-* The state may be anything :meth:`init_x` returns (an image shaped like ``A^H y`` by default; a
-  latent, a volume), :meth:`init_state` may keep per-run tensors (optimiser moments, ADMM
-  variables), and :meth:`finalize` maps the last state to what the call returns (decode a latent,
-  or build the sampler's own frozen result type).
-* Call the network only through :meth:`denoise` (it counts evaluations and keeps the layout);
-  enable gradients only where the update differentiates through it (never around the loop).
-* ``cuda_graph=True`` is offered only by samplers that set ``supports_cuda_graph = True``,
-  promising a step without host synchronisation whose noise, when :meth:`draws_noise` says the
-  step draws none, is weighted by zero (see :mod:`~diffinverse.samplers.cuda_graph`).
-
-``tests/test_sampler_contract.py`` holds a sampler written this way and the checks every sampler
-passes (determinism, NFE count, warm start, callback, bad input).
+How to add a sampler: see the :mod:`diffinverse.samplers` package docstring.
 
 References:
     Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffinverse.samplers.dds import DDS
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 
@@ -44,6 +45,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
         summary="variational: Adam on the data term plus the denoiser's residual (no backpropagation)",
         paper="Mardani et al., A Variational Perspective on Solving Inverse Problems with Diffusion "
               "Models, ICLR 2024"),
+    "dds": SamplerSpec(
+        name="dds", cls=DDS, options={"gamma": float, "cg_iters": int, "eta": float},
+        summary="data consistency by a few CG steps on the Tweedie estimate, then DDIM (no backpropagation)",
+        paper="Chung, Lee & Ye, Decomposed Diffusion Sampler for Accelerating Large-Scale Inverse Problems, "
+              "ICLR 2024"),
 }
 
 
