@@ -26,7 +26,8 @@ update reads as one method::
   and cast them with ``.to(x.dtype)`` where they meet the state.
 * ``noise`` is a standard normal draw shaped like ``x``, or ``None`` where ``draws_noise(sigma,
   sigma_next)`` says the step draws none (default: every step draws); a sampler that needs ``k``
-  draws per step (a predictor and a corrector) sets ``noise_draws = k`` and gets them stacked, ``(k, *x.shape)``.
+  draws per step (a predictor and a corrector) sets ``noise_draws = k`` and gets them stacked,
+  ``(k, *x.shape)``.
 * The state may be anything ``init_x`` returns (an image shaped like ``A^H y`` by default; a
   latent, a volume), ``init_state`` may keep per-run tensors (optimiser moments, ADMM
   variables), and ``finalize`` maps the last state to what the call returns (decode a latent,
