@@ -37,7 +37,7 @@ def _wrap(owner, attr: str) -> None:
 def main() -> None:
     dev = torch.device("cuda")
     prior, physics, y = problem(dev)
-    for owner, attr in ((base, "_all_finite"), (base, "_state_like"), (cuda_graph, "capture_key"),
+    for owner, attr in ((base, "all_finite"), (base, "state_like"), (cuda_graph, "capture_key"),
                         (cuda_graph, "_refill"), (physics, "A_dagger"), (physics, "A_adjoint")):
         _wrap(owner, attr)
     for cls in (REDDiff, DPS):

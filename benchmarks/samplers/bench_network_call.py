@@ -4,7 +4,7 @@ compile, and the UNet's batch split on the CPU.
 For a shipped UNet (``--prior``, default ``mri-brain``, 1.53M parameters) at 64x64 (batch 8) and
 256x256 (batch 1), times one forward (RED-Diff's call, under ``inference_mode``) and one
 forward+backward (DPS's call) with contiguous (NCHW) inputs and with channels-last inputs (the
-samplers' :func:`~diffinverse.samplers.base.in_layout`, which also gives a 1-channel image
+samplers' :func:`~diffinverse.samplers.network.in_layout`, which also gives a 1-channel image
 channels-last strides), interleaved over ``--repeats`` rounds (minimum of each; machines here are
 noisy, so only the ratios measured side by side in one run mean anything), and counts the minor
 page faults of a call. ``--autocast`` adds both layouts under bf16 autocast (the samplers'
@@ -28,7 +28,7 @@ import time
 import torch
 
 from diffinverse.priors import load, unet
-from diffinverse.samplers.base import in_layout
+from diffinverse.samplers.network import in_layout
 
 
 def _call(prior, x, sigma, backward, bf16=False, one_call=False):
