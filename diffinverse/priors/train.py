@@ -16,7 +16,9 @@ GPUs, Gloo on CPU); each rank draws its own data and noise (seed ``seed + rank``
 is per rank, and rank 0 writes the files.
 
 Data sources are objects with ``sample(n, *, generator) -> (n, C, H, W)`` float32 (e.g.
-:class:`diffinverse.datasets.images.RandomCrops`, :class:`diffinverse.datasets.brain.BrainSlices`).
+:class:`diffinverse.datasets.images.RandomCrops`, :class:`diffinverse.datasets.brain.BrainSlices`,
+:class:`diffinverse.datasets.real_images.RealImageCrops` for real JPEG/DICOM/NIfTI/``.mat`` images); the
+command line mixes several by weight (:class:`Mixture`, ``--data SPEC@WEIGHT`` repeated).
 
 References:
     Karras, Aittala, Aila, Laine, "Elucidating the Design Space of Diffusion-Based Generative
@@ -424,10 +426,25 @@ def _fastmri_images(path: Path) -> list[torch.Tensor]:
     return images
 
 
+def _split_weight(spec: str) -> tuple[str, float | None]:
+    """``"SPEC@WEIGHT"`` -> ``(SPEC, WEIGHT)``; ``(spec, None)`` when no ``@`` ends in a number."""
+    head, sep, tail = spec.rpartition("@")
+    if sep:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, None
+
+
 def _build_data(spec: str, *, crop: int | None, image_size: int, axis: int, device: str,
                 brain_template: str | None = None, brain_magnitude: float = 0.0,
-                brain_noise: tuple[float, float] = (0.003, 0.06)) -> tuple[DataSource, dict]:
-    """Parse ``--data`` into a source and the prior settings it implies (channels, data_range)."""
+                brain_noise: tuple[float, float] = (0.003, 0.06), real: dict | None = None) -> tuple[DataSource, dict]:
+    """Parse one ``--data`` spec into a source and the prior settings it implies (channels, data_range).
+
+    ``real``: keyword arguments for :class:`diffinverse.datasets.real_images.RealImages` (``real-mri:`` and
+    ``real-ct:`` specs, training split) plus ``noise`` for :class:`~diffinverse.datasets.real_images.RealImageCrops`.
+    """
     if spec == "mri-brain":
         from diffinverse.datasets.brain import BrainSlices
 
@@ -438,7 +455,17 @@ def _build_data(spec: str, *, crop: int | None, image_size: int, axis: int, devi
         return _Phantoms(image_size, crop, device), {"channels": 1, "data_range": (0.0, 1.0)}
     kind, sep, arg = spec.partition(":")
     if not sep or not arg:
-        raise ValueError(f"--data must be mri-brain, ct-ellipses, folder:PATH, fastmri:PATH or nifti:PATH, got {spec!r}")
+        raise ValueError("--data must be mri-brain, ct-ellipses, folder:PATH, fastmri:PATH, nifti:PATH, real-mri:PATH "
+                         f"or real-ct:PATH (each optionally @WEIGHT), got {spec!r}")
+    if kind in ("real-mri", "real-ct"):
+        from diffinverse.datasets.real_images import RealImageCrops, RealImages
+
+        opts = dict(real or {})
+        noise = opts.pop("noise", 0.0)
+        mri = kind == "real-mri"
+        images = RealImages(arg, split="train", ct=not mri, axis=axis, modality="MR" if mri else "CT", **opts)
+        source = RealImageCrops(images, crop=crop, complex=mri, noise=noise)
+        return source, {"channels": 2 if mri else 1, "data_range": (-1.0, 1.0) if mri else (0.0, 1.0)}
     from diffinverse.datasets.images import RandomCrops, load_folder
 
     if kind == "folder":
@@ -452,7 +479,7 @@ def _build_data(spec: str, *, crop: int | None, image_size: int, axis: int, devi
         scale = torch.quantile(slices.flatten()[:: max(1, slices.numel() // 10_000_000)], 0.995).clamp_min(1e-12)
         images = list(slices / scale)
     else:
-        raise ValueError(f"--data kind must be folder, fastmri or nifti, got {kind!r}")
+        raise ValueError(f"--data kind must be folder, fastmri, nifti, real-mri or real-ct, got {kind!r}")
     source = RandomCrops(images, crop=crop)
     return source, {"channels": images[0].shape[0], "data_range": None}
 
@@ -461,14 +488,25 @@ def main(argv: list[str] | None = None) -> int:
     """Console script ``diffinverse-train`` (also ``python -m diffinverse.priors.train``)."""
     p = argparse.ArgumentParser(prog="diffinverse-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True,
-                   help="mri-brain | ct-ellipses | folder:PATH | fastmri:PATH | nifti:PATH")
+    p.add_argument("--data", required=True, action="append",
+                   help="mri-brain | ct-ellipses | folder:PATH | fastmri:PATH | nifti:PATH | real-mri:PATH | "
+                        "real-ct:PATH, optionally SPEC@WEIGHT; repeat to mix sources by weight (e.g. --data "
+                        "real-mri:DIR@0.7 --data mri-brain@0.3). real-*: JPEG/PNG, DICOM, NIfTI and .mat files under "
+                        "PATH, training split by patient (diffinverse.datasets.real_images)")
     p.add_argument("--out", required=True, help="output folder (checkpoint, final.safetensors, loss.jsonl)")
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=16, help="per rank")
     p.add_argument("--crop", type=int, default=64, help="training crop side (0: whole images)")
     p.add_argument("--image-size", type=int, default=256, help="phantom size before cropping (ct-ellipses)")
-    p.add_argument("--axis", type=int, default=2, help="slice axis for nifti:PATH")
+    p.add_argument("--axis", type=int, default=2, help="slice axis for nifti:PATH and real-* NIfTI/.mat files")
+    p.add_argument("--heldout-fraction", type=float, default=0.1,
+                   help="real-*: fraction of patients (numbered JPEGs: of 100-number blocks) held out from training")
+    p.add_argument("--mat-key", default=None, help="real-*: .mat variable (default: the only 2-D/3-D numeric one)")
+    p.add_argument("--jpeg-scale", type=int, default=2,
+                   help="real-*: JPEG/PNG downsampling factor (2: half resolution, against JPEG blocking)")
+    p.add_argument("--jpeg-blur", type=float, default=0.0, help="real-*: Gaussian blur of JPEG/PNG images (pixels)")
+    p.add_argument("--real-noise", type=float, default=0.0,
+                   help="real-*: white noise std drawn uniformly in [0, this] per image (prior units)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -514,9 +552,26 @@ def main(argv: list[str] | None = None) -> int:
         brain_noise = ()
     if len(brain_noise) != 2:
         raise ValueError(f"--brain-noise must be two comma-separated numbers, got {a.brain_noise!r}")
-    data, implied = _build_data(a.data, crop=crop, image_size=a.image_size, axis=a.axis, device=a.data_device,
-                                brain_template=a.brain_template, brain_magnitude=a.brain_magnitude,
-                                brain_noise=brain_noise)
+    specs = [_split_weight(s) for s in a.data]
+    if len(specs) > 1 and any(w is None for _, w in specs):
+        raise ValueError(f"several --data sources need a weight each (SPEC@WEIGHT), got {a.data}")
+    real = {"heldout_fraction": a.heldout_fraction, "mat_key": a.mat_key, "jpeg_scale": a.jpeg_scale,
+            "jpeg_blur": a.jpeg_blur, "noise": a.real_noise}
+    built = [_build_data(s, crop=crop, image_size=a.image_size, axis=a.axis, device=a.data_device,
+                         brain_template=a.brain_template, brain_magnitude=a.brain_magnitude,
+                         brain_noise=brain_noise, real=real) for s, _ in specs]
+    channels = [implied_["channels"] for _, implied_ in built]
+    if len(set(channels)) > 1:
+        listing = ", ".join(f"{s}: {c}" for (s, _), c in zip(specs, channels))
+        raise ValueError(f"--data sources give different channel counts ({listing})")
+    if len(built) == 1:
+        data, implied = built[0]
+    else:
+        if crop is None:
+            raise ValueError("mixing --data sources needs --crop > 0 (one item shape for all)")
+        data = Mixture([b[0] for b in built], [w for _, w in specs])
+        ranges = [b[1]["data_range"] for b in built if b[1]["data_range"] is not None]
+        implied = {"channels": built[0][1]["channels"], "data_range": ranges[0] if ranges else None}
     if a.mix_natural:
         if not 0 < a.mix_natural < 1 or crop is None:
             raise ValueError(f"--mix-natural must lie in (0, 1) and needs --crop, got {a.mix_natural}, crop {crop}")
@@ -542,8 +597,11 @@ def main(argv: list[str] | None = None) -> int:
                          channel_mult=tuple(int(m) for m in a.channel_mult.split(",")),
                          num_res_blocks=a.num_res_blocks, sigma_data=sigma_data, sigma_max=a.sigma_max,
                          data_range=data_range)
-    metadata = {"data": a.data, "crop": crop, "mix_natural": a.mix_natural, "init": a.init}
-    if a.data == "mri-brain":
+    metadata = {"data": " ".join(a.data), "crop": crop, "mix_natural": a.mix_natural, "init": a.init}
+    if any(s.startswith("real-") for s, _ in specs):
+        metadata.update(heldout_fraction=a.heldout_fraction, jpeg_scale=a.jpeg_scale, jpeg_blur=a.jpeg_blur,
+                        real_noise=a.real_noise, axis=a.axis)
+    if any(s == "mri-brain" for s, _ in specs):
         metadata.update(brain_magnitude=a.brain_magnitude, brain_noise=list(brain_noise))
     train(prior, data, steps=a.steps, out_dir=a.out, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
           ema_decay=a.ema_decay, checkpoint_every=a.checkpoint_every, log_every=a.log_every, seed=a.seed,
