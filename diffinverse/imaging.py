@@ -4,7 +4,7 @@
   channel itself for a 1-channel image; what metrics and figures compare.
 * :func:`per_item`: a ``(B,)`` vector of per-item scalars viewed to broadcast over ``(B, ...)``.
 * :func:`prior_range_scale` / :func:`to_prior_range` / :func:`from_prior_range`: the intensity
-  convention of the shipped priors, "the magnitude's 99.5th percentile is 1" (``DESIGN``:
+  convention of the shipped priors, "the magnitude's 99.5th percentile is 1" (``docs/design.md``:
   intensities), and its inverse, so that code feeding real data into a prior scales in and back
   in one place.
 """
