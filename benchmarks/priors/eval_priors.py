@@ -12,6 +12,13 @@ PSNR uses the clean image's peak magnitude as data range; for complex (2-channel
 is the complex error (both channels). Real images are read from ``../shared/data/real`` and never
 ship with the package.
 
+``--real-source real-mri:PATH`` / ``real-ct:PATH`` (repeatable) also scores the held-out split of
+the training images under PATH (:class:`diffinverse.datasets.real_images.RealImages`, split by
+patient as ``diffinverse-train`` splits them; at most ``--real-max`` images per source, evenly spaced
+in file order), each scaled into the prior range; ``real-mri`` images get the smooth random phase of
+the training data (seeded per image), ``real-ct`` images stay real (attenuation, ``HU + 1000``).
+``--only-real-sources`` skips the synthetic and ``../shared/data/real`` parts.
+
 Usage::
 
     python benchmarks/priors/eval_priors.py --prior mri-brain --out diffinverse/weights/mri-brain.eval.json
@@ -19,6 +26,9 @@ Usage::
     # a training checkpoint of a fine-tune of mri-brain (its EMA or its trained weights):
     python benchmarks/priors/eval_priors.py --prior mri-brain --checkpoint runs/ft2/mri-brain/checkpoint.safetensors \
         --weights ema --no-bm3d --out runs/ft2/eval_ema.json
+    # held-out real training images (split by patient), three noise levels:
+    python benchmarks/priors/eval_priors.py --prior mri-brain --only-real-sources --sigmas 0.05 0.1 0.2 \
+        --real-source real-mri:../shared/data/train/mri_brain_figshare_cheng2017_jpg --out eval_real_mri.json
 """
 from __future__ import annotations
 
@@ -110,10 +120,41 @@ def bm3d_denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.from_numpy(np.stack(chans)[None].astype(np.float32))
 
 
-def evaluate(prior, images: dict[str, torch.Tensor], seed: int, with_bm3d: bool) -> dict:
+def heldout_source_images(spec: str, *, max_images: int, heldout_fraction: float = 0.1, axis: int = 2,
+                          jpeg_scale: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Held-out images of a ``real-mri:PATH`` / ``real-ct:PATH`` source, ``{name: (1, C, H, W)}``.
+
+    Every image is in the prior range (magnitude's 99.5th percentile = 1); ``real-mri`` images are
+    complex (``C = 2``) with the training data's smooth random phase, drawn from a generator seeded
+    ``seed + index``.
+    """
+    from diffinverse.datasets.brain import smooth_random_phase
+    from diffinverse.datasets.real_images import RealImages
+    from diffinverse.imaging import to_prior_range
+
+    kind, _, path = spec.partition(":")
+    if kind not in ("real-mri", "real-ct") or not path:
+        raise ValueError(f"--real-source must be real-mri:PATH or real-ct:PATH, got {spec!r}")
+    mri = kind == "real-mri"
+    images = RealImages(path, split="heldout", heldout_fraction=heldout_fraction, ct=not mri, axis=axis,
+                        modality="MR" if mri else "CT", jpeg_scale=jpeg_scale)
+    picks = np.unique(np.linspace(0, len(images) - 1, min(max_images, len(images))).round().astype(int))
+    out = {}
+    for i in picks.tolist():
+        x = images.read(i)
+        if mri and x.shape[0] == 1:
+            phase = smooth_random_phase(1, tuple(x.shape[-2:]), generator=torch.Generator().manual_seed(seed + i))
+            x = torch.cat([x * phase.cos(), x * phase.sin()])
+        ref = images.refs[i]
+        out[f"{ref.path.name}#{ref.index}"] = to_prior_range(x[None])[0]
+    return out
+
+
+def evaluate(prior, images: dict[str, torch.Tensor], seed: int, with_bm3d: bool,
+             sigmas: tuple[float, ...] = SIGMAS) -> dict:
     widths = (0.4, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 4.0)
     rows = {}
-    for sigma in SIGMAS:
+    for sigma in sigmas:
         g = torch.Generator().manual_seed(seed)
         noisy = {k: v + sigma * torch.randn(v.shape, generator=g) for k, v in images.items()}
         with torch.inference_mode():
@@ -139,6 +180,15 @@ def main() -> None:
     ap.add_argument("--no-bm3d", action="store_true")
     ap.add_argument("--checkpoint", type=Path, help="training checkpoint whose weights replace --prior's")
     ap.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights of --checkpoint")
+    ap.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS), help="noise levels (prior units)")
+    ap.add_argument("--real-source", action="append", default=[],
+                    help="real-mri:PATH or real-ct:PATH: also score its held-out split (repeatable)")
+    ap.add_argument("--real-max", type=int, default=24, help="at most this many held-out images per --real-source")
+    ap.add_argument("--heldout-fraction", type=float, default=0.1, help="as diffinverse-train --heldout-fraction")
+    ap.add_argument("--axis", type=int, default=2, help="NIfTI slice axis, as diffinverse-train --axis")
+    ap.add_argument("--jpeg-scale", type=int, default=2, help="as diffinverse-train --jpeg-scale")
+    ap.add_argument("--only-real-sources", action="store_true",
+                    help="score only the --real-source images (no synthetic, no ../shared/data/real)")
     args = ap.parse_args()
     kind = args.kind or args.prior
     from diffinverse.priors.checkpoints import load
@@ -149,22 +199,33 @@ def main() -> None:
 
         prior.load_state_dict(load_checkpoint(args.checkpoint)[args.weights])
     t0 = time.perf_counter()
+    sigmas = tuple(args.sigmas)
     result = {
         "prior": args.prior,
         "checkpoint": None if args.checkpoint is None else f"{args.checkpoint} ({args.weights})",
-        "sigmas": SIGMAS,
-        "synthetic_heldout": evaluate(prior, synthetic_images(kind), 0, not args.no_bm3d),
-        "real_unseen": evaluate(prior, real_mri_images() if kind == "mri-brain" else real_ct_images(), 1,
-                                not args.no_bm3d),
+        "sigmas": sigmas,
     }
+    if not args.only_real_sources:
+        result["synthetic_heldout"] = evaluate(prior, synthetic_images(kind), 0, not args.no_bm3d, sigmas)
+        result["real_unseen"] = evaluate(prior, real_mri_images() if kind == "mri-brain" else real_ct_images(), 1,
+                                         not args.no_bm3d, sigmas)
+    for spec in args.real_source:
+        images = heldout_source_images(spec, max_images=args.real_max, heldout_fraction=args.heldout_fraction,
+                                       axis=args.axis, jpeg_scale=args.jpeg_scale)
+        row = evaluate(prior, images, 2, not args.no_bm3d, sigmas)
+        row["images"] = sorted(images)
+        result[f"heldout {spec}"] = row
+        print(f"{spec}: {len(images)} held-out images, e.g. {sorted(images)[:3]}", flush=True)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, args.out)
-    for part in ("synthetic_heldout", "real_unseen"):
+    for part in [k for k in result if k in ("synthetic_heldout", "real_unseen") or k.startswith("heldout ")]:
         print(part)
         print("  sigma   prior  gauss  bm3d")
         for s, r in result[part].items():
+            if s == "images":
+                continue
             print(f"  {s:5s}  {r['prior']:6.2f} {r['gaussian']:6.2f} {r.get('bm3d', float('nan')):6.2f}")
 
 

@@ -27,7 +27,8 @@ deterministic split by patient gives disjoint ``"train"`` and ``"heldout"`` part
   patient is held out when the first 8 bytes of the SHA-256 of its key, read as a fraction of
   ``2**64``, are below ``heldout_fraction`` (stable when files are added); where that holds out none
   of two or more patients, the one with the smallest hash is held out. A single patient is never
-  held out.
+  held out. Keys of files without a recorded patient are paths relative to the indexed folder, so
+  the split is defined per folder: evaluate on the folder that was given to training.
 
 Intensities follow the priors' convention (:func:`diffinverse.imaging.to_prior_range`): every whole
 image is scaled so that its magnitude's 99.5th percentile is 1, after CT values in Hounsfield
@@ -413,7 +414,8 @@ def _index_file(p: Path, fmt: str, root: Path, *, axis: int, mat_key: str | None
         if modality is not None and str(ds.get("Modality", "")) != modality:
             return []
         pid = str(ds.get("PatientID", "") or "").strip()
-        key = f"dicom:{pid}" if pid else str(p.parent.relative_to(root) if p.parent.is_relative_to(root) else p.parent)
+        folder = p.parent.relative_to(root) if p.parent.is_relative_to(root) else p.parent
+        key = f"dicom:{pid}" if pid else f"folder:{folder}"
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         return [ImageRef(p, f, fmt, key) for f in range(frames)]
     if fmt == "nifti":
