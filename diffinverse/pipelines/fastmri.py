@@ -30,8 +30,9 @@ from a notebook or another program on tensors. For one batch of slices it does:
 6. **Sampling**: the diffusion sampler (:data:`~diffinverse.samplers.SAMPLERS`, with this
    pipeline's settings :data:`SAMPLER_DEFAULTS`) warm-starts from that image (``warm_start="tv"``:
    from the TV reconstruction) plus noise at ``sigma_start`` (Come-Closer-Diffuse-Faster), or
-   cold-starts from pure noise; with ``num_samples > 1`` the image is the magnitude of the
-   posterior mean and ``std`` the per-pixel standard deviation of the samples' magnitudes.
+   runs the whole grid from its own initialisation (``cold_start``); with ``num_samples > 1``
+   the image is the magnitude of the posterior mean and ``std`` the per-pixel standard
+   deviation of the samples' magnitudes.
 
 Measurements behind the settings (the scores that chose them, run times) are in ``benchmarks/``.
 
@@ -290,7 +291,7 @@ def resolve_start(sampler, *, method: str, warm_start: str | None = None, sigma_
         raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)}, got {warm_start!r}")
     if cold_start:
         if warm_start is not None or sigma_start is not None:
-            raise ValueError("cold_start=True starts from pure noise: give neither warm_start nor sigma_start")
+            raise ValueError("cold_start=True runs without a warm start: give neither warm_start nor sigma_start")
         return None, None
     warm_start = defaults.warm_start if warm_start is None else warm_start
     sigma_start = defaults.sigma_start if sigma_start is None else float(sigma_start)
@@ -342,8 +343,10 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
         warm_start: ``"sense"`` or ``"tv"``: the baseline the sampler starts from (default: the
             sampler's entry in :data:`SAMPLER_DEFAULTS`).
         sigma_start: warm-start noise level in the scaled units (default: the table's).
-        cold_start: start from pure noise at the prior's largest noise level instead (then give
-            neither ``warm_start`` nor ``sigma_start``).
+        cold_start: run the whole noise grid from the sampler's own initialisation instead (DPS:
+            pure noise at the prior's largest noise level; RED-Diff: ``mu = A_dagger(y)``, the
+            first map set's SENSE), with no warm-start image; then give neither ``warm_start``
+            nor ``sigma_start``.
         sampler_options: the sampler's own options (e.g. ``{"zeta": 2.0}``), over the table's.
         num_samples: posterior samples per slice; ``> 1`` also returns ``std``.
         autocast: run the network in bfloat16 (the rest in float32).
