@@ -24,6 +24,9 @@ coil shading, phase and other contrasts. Each sample therefore randomises the do
 
 Slices are 256 x 256 pixels at 1 mm before the random scaling, anterior up.
 
+:func:`test_slab_volume` gives the held-out slab itself as one coherent volume (the template's own
+T1 intensities, no domain randomisation): a real brain volume for 3-D MRI experiments.
+
 References:
     Fonov et al., "Unbiased average age-appropriate atlases for pediatric studies", NeuroImage 2011
     (MNI152 2009 templates). Billot et al., "SynthSeg: domain randomisation for segmentation of
@@ -294,3 +297,61 @@ class BrainSlices:
             left = torch.randint(0, CANVAS - s + 1, (n,), generator=g).tolist()
             z = torch.stack([z[i, :, t:t + s, l:l + s] for i, (t, l) in enumerate(zip(top, left))])
         return z.contiguous()
+
+
+def test_slab_volume(*, size: int | None = None, generator: torch.Generator | None = None,
+                     template_file: str | os.PathLike | None = None) -> torch.Tensor:
+    """The held-out slab of the MNI152 T1 template as a complex volume in the prior's range.
+
+    The template's own T1 intensities (skull-stripped, no domain randomisation) on the slices of
+    :data:`TEST_SLAB` that no training slice comes within 4 slices of: ``D = 16`` axial slices at
+    1 mm, each ``256 x 256`` (anterior up, as :class:`BrainSlices`), or reduced to ``size x size``
+    by keeping the central k-space of each slice (the same head at a lower in-plane resolution,
+    amplitude times ``size / 256``, as ``diffinverse.tasks.brain_images``; for an even ``size`` the
+    unpaired ``-size / 2`` frequencies are set to 0, so that a real slab stays real). With a ``generator`` the
+    magnitude gets a smooth phase, one function of 3-D position for the whole slab: a constant
+    plus linear ramps along x, y and the slice axis, four coefficients uniform in ``[-pi, pi]``
+    (radians, and radians per half field of view, 128 mm, for the ramps); without one the
+    imaginary channel is 0. Finally the whole volume is scaled
+    once so that its magnitude's 99.5th percentile is 1 (the ``mri-brain`` prior's convention; all
+    slices share the scale).
+
+    Args:
+        size: in-plane side (``<= 256``), ``None`` for 256.
+        generator: source of the phase's four random numbers (CPU); ``None`` for zero phase. The
+            global RNG is not used.
+        template_file: a file from :func:`save_template`, used instead of nilearn's template.
+
+    Returns:
+        float32 ``(1, 2, 16, size, size)`` (real, imaginary).
+
+    Raises:
+        ValueError: ``size`` not in ``[1, 256]``.
+    """
+    from diffinverse.imaging import to_prior_range
+    from diffinverse.operators.mri import fft2c, ifft2c
+
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= CANVAS):
+        raise ValueError(f"size must be an int in [1, {CANVAS}] or None, got {size!r}")
+    maps, z_ok = _template() if template_file is None else _load_template_file(template_file)
+    lo, hi = TEST_SLAB
+    keep = torch.from_numpy(np.flatnonzero((z_ok >= lo) & (z_ok < hi)))
+    mag = maps[keep, 3].float()                                     # (D, 256, 256) T1 intensity
+    z = torch.complex(mag, torch.zeros_like(mag))
+    if generator is not None:
+        d = mag.shape[0]
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, CANVAS), torch.linspace(-1, 1, CANVAS), indexing="ij")
+        zz = (torch.arange(d, dtype=torch.float32) - (d - 1) / 2) * (2.0 / CANVAS)   # same 1 mm pitch
+        c = _uniform(4, -math.pi, math.pi, generator)
+        phase = c[0] + c[1] * xx + c[2] * yy + c[3] * zz[:, None, None]
+        z = mag * torch.exp(1j * phase)
+    if size is not None and size < CANVAS:
+        top = (CANVAS - size) // 2
+        k = fft2c(z)[..., top:top + size, top:top + size].clone()
+        if size % 2 == 0:   # the -size/2 frequency has no +size/2 partner: drop it, so real stays real
+            k[..., 0, :] = 0
+            k[..., :, 0] = 0
+        z = ifft2c(k) * (size / CANVAS)
+    imag = z.imag if generator is not None else torch.zeros_like(z.real)   # (exactly 0, not rounding)
+    x = torch.stack([z.real, imag])[None].float()                   # (1, 2, D, H, W)
+    return to_prior_range(x)[0].contiguous()
