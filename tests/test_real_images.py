@@ -285,3 +285,20 @@ def test_train_command_mixes_real_and_generated_sources(tmp_path):
         T.main(["--data", f"real-ct:{data}@1", "--data", "mri-brain@1", "--out", str(tmp_path / "bad"), *common])
     with pytest.raises(ValueError, match="need a weight each"):
         T.main(["--data", f"real-mri:{data}", "--data", "mri-brain@1", "--out", str(tmp_path / "bad"), *common])
+
+
+def test_other_modalities_are_filtered_before_the_decoder_check(tmp_path, recwarn):
+    _write_dicom(tmp_path / "mr.dcm", np.full((8, 8), 7), modality="MR")
+    _write_dicom(tmp_path / "ct.dcm", np.full((8, 8), 7), modality="CT", transfer_syntax="1.2.840.10008.1.2.4.100")
+    images = R.RealImages(tmp_path, split="all", modality="MR")
+    assert [r.path.name for r in images.refs] == ["mr.dcm"]
+    assert not [w for w in recwarn if "skipping" in str(w.message)]
+
+
+def test_ct_nifti_drops_slices_of_air_in_hounsfield_units(tmp_path):
+    vol = np.full((16, 16, 5), -1000.0)  # air everywhere
+    vol[2:14, 2:14, 1:4] = 40.0  # soft tissue in slices 1-3
+    _write_nifti(tmp_path / "ct.nii.gz", vol)
+    images = R.RealImages(tmp_path, split="all", ct=True)
+    assert [r.index for r in images.refs] == [1, 2, 3]
+    assert float(images.read(0).min()) == 0.0 and float(images.read(0).max()) == 1040.0

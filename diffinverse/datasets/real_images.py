@@ -12,9 +12,10 @@ One reader per format turns a file into 2-D float32 images in the file's own uni
   the only numeric array with two or three dimensions; complex arrays keep their phase.
 
 :class:`RealImages` indexes a folder (or one file) of any mix of these formats without reading the
-pixels (headers only; NIfTI volumes are read once to drop empty slices) and reads an image when it
-is asked for, keeping the last few files in a small cache. Each image belongs to a patient, and a
-deterministic split by patient gives disjoint ``"train"`` and ``"heldout"`` parts:
+pixels (headers only; NIfTI volumes and ``.mat`` files are read once, to drop empty slices and to
+count images) and reads an image when it is asked for, keeping the last few files in a small cache.
+Each image belongs to a patient, and a deterministic split by patient gives disjoint ``"train"`` and
+``"heldout"`` parts:
 
 - files whose stem is an integer (the figshare brain-tumour JPEGs ``1.jpg`` ... ``3064.jpg``, whose
   patient is not recorded but whose numbering runs patient by patient) are cut into blocks of 100
@@ -169,7 +170,10 @@ def dicom_decodable(path: str | os.PathLike) -> tuple[bool, str]:
         ValueError: naming the file, if it is not a readable DICOM file or has no pixel data.
     """
     p = Path(path)
-    ds = _dcmread(p, stop_before_pixels=True)
+    return _decodable(_dcmread(p, stop_before_pixels=True), p)
+
+
+def _decodable(ds, p: Path) -> tuple[bool, str]:
     if "Rows" not in ds or "Columns" not in ds:
         raise ValueError(f"{p}: a DICOM file without an image (no Rows/Columns)")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
@@ -400,18 +404,19 @@ def split_of(refs: list[ImageRef], heldout_fraction: float) -> list[str]:
 
 
 def _index_file(p: Path, fmt: str, root: Path, *, axis: int, mat_key: str | None,
-                min_foreground: float, modality: str | None) -> list[ImageRef]:
-    """The images of one file (headers only, except NIfTI volumes, read once to drop empty slices)."""
+                min_foreground: float, modality: str | None, ct: bool) -> list[ImageRef]:
+    """The images of one file (headers only; NIfTI volumes are read once to drop empty slices, ``.mat``
+    files to count their images)."""
     if fmt == "jpeg":
         key = f"number:{int(p.stem)}" if p.stem.isdigit() else patient_key(p, root)
         return [ImageRef(p, 0, fmt, key)]
     if fmt == "dicom":
-        ok, why = dicom_decodable(p)
-        if not ok:
-            warnings.warn(f"skipping {p}: {why}", stacklevel=3)
-            return []
         ds = _dcmread(p, stop_before_pixels=True)
         if modality is not None and str(ds.get("Modality", "")) != modality:
+            return []
+        ok, why = _decodable(ds, p)
+        if not ok:
+            warnings.warn(f"skipping {p}: {why}", stacklevel=3)
             return []
         pid = str(ds.get("PatientID", "") or "").strip()
         folder = p.parent.relative_to(root) if p.parent.is_relative_to(root) else p.parent
@@ -420,7 +425,7 @@ def _index_file(p: Path, fmt: str, root: Path, *, axis: int, mat_key: str | None
         return [ImageRef(p, f, fmt, key) for f in range(frames)]
     if fmt == "nifti":
         sl = read_nifti_slices(p, axis=axis)
-        flat = sl.abs().flatten(1)
+        flat = ((sl + 1000.0).clamp_min(0) if ct else sl.abs()).flatten(1)
         level = torch.quantile(flat.flatten()[:: max(1, flat.numel() // 5_000_000)], 0.995)
         fg = (flat > 0.1 * level).float().mean(1)
         keep = torch.nonzero(fg >= min_foreground).flatten().tolist()
@@ -437,8 +442,8 @@ class RealImages:
     Args:
         path: a folder or a single JPEG/PNG, DICOM, NIfTI or ``.mat`` file. Files are recognised by
             suffix (``.jpg .jpeg .png .dcm .dicom .nii .nii.gz .mat``) or, for DICOM, by the ``DICM``
-            marker at byte 128; other files (``.txt``, ``.csv``, ...) in a folder are ignored; DICOM files whose pixels no installed
-            plugin can decode are skipped with a warning naming each file.
+            marker at byte 128; other files (``.txt``, ``.csv``, ...) in a folder are ignored; DICOM
+            files whose pixels no installed plugin can decode are skipped with a warning naming each.
         split: ``"train"``, ``"heldout"`` or ``"all"`` (see the module docstring for the rule).
         heldout_fraction: fraction of patients (or of numbered blocks) held out.
         ct: the images are CT: DICOM and NIfTI values are Hounsfield units and become
@@ -448,11 +453,12 @@ class RealImages:
         jpeg_scale: downsampling factor for JPEG/PNG files (2: half resolution).
         jpeg_blur: Gaussian blur (pixels, after downsampling) for JPEG/PNG files.
         min_foreground: NIfTI slices where fewer than this fraction of pixels exceed 10% of the
-            volume's 99.5th percentile are dropped (empty slices at the ends of a volume).
+            volume's 99.5th percentile (of ``|x|``; CT: of ``HU + 1000``) are dropped (empty slices
+            at the ends of a volume).
         modality: keep only DICOM files of this ``Modality`` (``"MR"``, ``"CT"``); others are ignored.
         cache_files: how many decoded files to keep in memory.
 
-    Indexing reads headers (and NIfTI volumes once); ``self[i]`` reads the pixels. Items are float32
+    Indexing reads headers (NIfTI volumes and ``.mat`` files once); ``self[i]`` reads the pixels. Items are float32
     ``(1, H, W)`` (``(2, H, W)`` for complex ``.mat`` arrays), scaled so that the magnitude's 99.5th
     percentile is 1 (:func:`diffinverse.imaging.to_prior_range`). Sizes may differ between items.
 
@@ -488,7 +494,7 @@ class RealImages:
                     raise ValueError(f"{f}: not a JPEG/PNG, DICOM, NIfTI or .mat file")
                 continue
             refs.extend(_index_file(f, fmt, base, axis=axis, mat_key=mat_key, min_foreground=min_foreground,
-                                    modality=modality))
+                                    modality=modality, ct=ct))
         if not refs:
             raise FileNotFoundError(f"{root}: no readable JPEG/PNG, DICOM, NIfTI or .mat images found")
         labels = split_of(refs, heldout_fraction)
