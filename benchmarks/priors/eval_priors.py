@@ -121,12 +121,13 @@ def bm3d_denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def heldout_source_images(spec: str, *, max_images: int, heldout_fraction: float = 0.1, axis: int = 2,
-                          jpeg_scale: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+                          jpeg_scale: int = 2, max_side: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:
     """Held-out images of a ``real-mri:PATH`` / ``real-ct:PATH`` source, ``{name: (1, C, H, W)}``.
 
     Every image is in the prior range (magnitude's 99.5th percentile = 1); ``real-mri`` images are
     complex (``C = 2``) with the training data's smooth random phase, drawn from a generator seeded
-    ``seed + index``.
+    ``seed + index``. ``max_side > 0``: larger images are first area-averaged by the smallest integer
+    factor that brings their longer side to at most ``max_side`` pixels.
     """
     from diffinverse.datasets.brain import smooth_random_phase
     from diffinverse.datasets.real_images import RealImages
@@ -142,6 +143,9 @@ def heldout_source_images(spec: str, *, max_images: int, heldout_fraction: float
     out = {}
     for i in picks.tolist():
         x = images.read(i)
+        factor = math.ceil(max(x.shape[-2:]) / max_side) if max_side > 0 else 1
+        if factor > 1:
+            x = F.avg_pool2d(x[None], factor)[0]
         if mri and x.shape[0] == 1:
             phase = smooth_random_phase(1, tuple(x.shape[-2:]), generator=torch.Generator().manual_seed(seed + i))
             x = torch.cat([x * phase.cos(), x * phase.sin()])
@@ -187,6 +191,8 @@ def main() -> None:
     ap.add_argument("--heldout-fraction", type=float, default=0.1, help="as diffinverse-train --heldout-fraction")
     ap.add_argument("--axis", type=int, default=2, help="NIfTI slice axis, as diffinverse-train --axis")
     ap.add_argument("--jpeg-scale", type=int, default=2, help="as diffinverse-train --jpeg-scale")
+    ap.add_argument("--real-max-side", type=int, default=0,
+                    help="area-average --real-source images to at most this side (0: as read; BM3D time grows with it)")
     ap.add_argument("--only-real-sources", action="store_true",
                     help="score only the --real-source images (no synthetic, no ../shared/data/real)")
     args = ap.parse_args()
@@ -211,7 +217,7 @@ def main() -> None:
                                          not args.no_bm3d, sigmas)
     for spec in args.real_source:
         images = heldout_source_images(spec, max_images=args.real_max, heldout_fraction=args.heldout_fraction,
-                                       axis=args.axis, jpeg_scale=args.jpeg_scale)
+                                       axis=args.axis, jpeg_scale=args.jpeg_scale, max_side=args.real_max_side)
         row = evaluate(prior, images, 2, not args.no_bm3d, sigmas)
         row["images"] = sorted(images)
         result[f"heldout {spec}"] = row
