@@ -11,9 +11,10 @@ generators), :mod:`diffinverse.metrics`, :mod:`diffinverse.testing` (reusable ch
 from . import baselines, imaging, metrics, operators, priors, samplers, testing
 from .operators import CT, Blur, Inpainting, MultiCoilMRI, SingleCoilMRI, SliceStack, SuperResolution
 from .priors import GaussianMixturePrior, UNet, load
-from .samplers import DPS, REDDiff
+from .samplers import DDS, DPS, ActiveSubsampling, DiffusionMBIR, REDDiff
 
 __version__ = "0.1.0"
-__all__ = ["metrics", "operators", "priors", "samplers", "testing",
+__all__ = ["baselines", "imaging", "metrics", "operators", "priors", "samplers", "testing",
            "CT", "Blur", "Inpainting", "MultiCoilMRI", "SingleCoilMRI", "SliceStack", "SuperResolution",
-           "GaussianMixturePrior", "UNet", "load", "DPS", "REDDiff", "__version__"]
+           "GaussianMixturePrior", "UNet", "load",
+           "ActiveSubsampling", "DDS", "DPS", "DiffusionMBIR", "REDDiff", "__version__"]
