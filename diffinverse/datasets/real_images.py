@@ -104,7 +104,7 @@ def read_jpeg(path: str | os.PathLike, *, scale: int = 1, blur: float = 0.0) -> 
     Args:
         path: the file.
         scale: integer downsampling factor (area average over ``scale x scale`` blocks; 2 halves a
-            512 x 512 JPEG and averages its 8 x 8 blocking away to 4 x 4 and below the noise).
+            512 x 512 JPEG, so its 8 x 8 coding blocks become 4 x 4 pixels and their edges are averaged).
         blur: standard deviation (pixels, after downsampling) of a Gaussian blur; 0: none.
 
     Returns:
