@@ -291,40 +291,51 @@ _DPS_MRI = dict(num_steps=40, zeta=0.5, squared_norm=True, sigma_start=0.3)
 TASKS: dict[str, Task] = {t.name: t for t in (
     _mri_task(1, 4, "random", tv_lam=0.01, margin=(0.4, 0.03), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=60, lam=0.25, lr=0.05, sigma_start=0.5))),
+        reddiff=dict(num_steps=60, lam=0.25, lr=0.05, sigma_start=0.5),
+        dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.5))),
     _mri_task(1, 8, "equispaced", tv_lam=0.01, margin=(0.3, 0.02), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=40, lam=0.25, lr=0.02, sigma_start=0.3))),
+        reddiff=dict(num_steps=40, lam=0.25, lr=0.02, sigma_start=0.3),
+        dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.5))),
     _mri_task(8, 4, "random", tv_lam=0.001, margin=(0.3, 0.03), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3))),
+        reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
+        dds=dict(num_steps=40, gamma=10.0, eta=1.0, sigma_start=0.3))),
     _mri_task(8, 8, "equispaced", tv_lam=0.001, margin=(0.3, 0.02), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3))),
+        reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
+        dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.3))),
     _mri_task(1, 8, "random", tv_lam=0.0003, margin=(0.2, 0.03), settings=dict(
         dps=dict(num_steps=20, zeta=0.5, squared_norm=True, sigma_start=0.5),
-        reddiff=dict(num_steps=60, lam=0.25, lr=0.02, sigma_start=0.5))),
+        reddiff=dict(num_steps=60, lam=0.25, lr=0.02, sigma_start=0.5),
+        dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.5))),
     _mri_task(1, 4, "equispaced", tv_lam=0.01, margin=(0.3, 0.02), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=60, lam=0.25, lr=0.05, sigma_start=0.5))),
+        reddiff=dict(num_steps=60, lam=0.25, lr=0.05, sigma_start=0.5),
+        dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.5))),
     _mri_task(8, 8, "random", tv_lam=0.001, margin=(0.2, 0.03), settings=dict(
         dps=dict(num_steps=20, zeta=0.5, squared_norm=True, sigma_start=0.5),
-        reddiff=dict(num_steps=60, lam=0.01, lr=0.02, sigma_start=0.5))),
+        reddiff=dict(num_steps=60, lam=0.01, lr=0.02, sigma_start=0.5),
+        dds=dict(num_steps=40, gamma=3.0, eta=1.0, sigma_start=0.3))),
     _mri_task(8, 4, "equispaced", tv_lam=0.001, margin=(0.3, 0.02), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=100, lam=0.01, lr=0.02, sigma_start=0.15))),
+        reddiff=dict(num_steps=100, lam=0.01, lr=0.02, sigma_start=0.15),
+        dds=dict(num_steps=40, gamma=3.0, eta=1.0, sigma_start=0.3))),
     _image_task("ct_60_views", partial(_ct, views=60), _sinogram_noise, "FBP", tv_lam=1.0,
                 margin=(0.4, 0.005), settings=dict(
         dps=dict(num_steps=60, zeta=2.7e-4, squared_norm=True, sigma_start=0.05),
-        reddiff=dict(num_steps=60, lam=1000.0, lr=0.003, sigma_start=0.03))),
+        reddiff=dict(num_steps=60, lam=1000.0, lr=0.003, sigma_start=0.03),
+        dds=dict(num_steps=60, gamma=0.001, eta=1.0, sigma_start=0.05))),
     _image_task("ct_30_views", partial(_ct, views=30), _sinogram_noise, "FBP", tv_lam=1.0,
                 margin=(0.3, 0.005), settings=dict(
         dps=dict(num_steps=60, zeta=5.4e-4, squared_norm=True, sigma_start=0.05),
-        reddiff=dict(num_steps=60, lam=3000.0, lr=0.002, sigma_start=0.03))),
+        reddiff=dict(num_steps=60, lam=3000.0, lr=0.002, sigma_start=0.03),
+        dds=dict(num_steps=60, gamma=0.003, eta=1.0, sigma_start=0.05))),
     _image_task("deblur_gaussian", _deblur, _white_noise, "Tikhonov", tv_lam=0.001,
                 margin=(0.05, 0.005), settings=dict(
         dps=dict(num_steps=60, zeta=0.5, squared_norm=True, sigma_start=0.05),
-        reddiff=dict(num_steps=60, lam=1.0, lr=0.003, sigma_start=0.05))),
+        reddiff=dict(num_steps=60, lam=1.0, lr=0.003, sigma_start=0.05),
+        dds=dict(num_steps=60, gamma=1.0, eta=1.0, sigma_start=0.05))),
     _image_task("inpaint_box", _inpaint_box, _image_noise, "zero-filled", tv_lam=0.01,
                 margin=(0.02, 0.001), settings=dict(
         dps=dict(num_steps=60, zeta=0.1, squared_norm=True, sigma_start=0.05),
@@ -332,7 +343,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     _image_task("superres_4x", _superres, _white_noise, "pseudo-inverse", tv_lam=0.001,
                 margin=(0.2, 0.01), settings=dict(
         dps=dict(num_steps=60, zeta=2.5, squared_norm=True, sigma_start=0.25),
-        reddiff=dict(num_steps=120, lam=4.0, lr=0.002, sigma_start=0.05))),
+        reddiff=dict(num_steps=120, lam=4.0, lr=0.002, sigma_start=0.05),
+        dds=dict(num_steps=60, gamma=1.0, eta=1.0, sigma_start=0.05))),
 )}
 """The thirteen end-to-end tasks by name, in the order the benchmarks' tables list them."""
 
