@@ -521,7 +521,7 @@ def test_torchrun_style_sharding_two_cpu_ranks(tmp_path, monkeypatch, capsys):
 
 _FAULTS_OF_A_LARGE_BLOCK = """
 import resource, sys, torch
-from diffinverse.memory import keep_freed_memory
+from diffinverse.reconstruct import keep_freed_memory   # as the command imports it (heap layout)
 applied = keep_freed_memory() if sys.argv[1] == "apply" else None
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 torch.ones(64 << 20, dtype=torch.uint8)   # a 64 MiB block, written and freed once
