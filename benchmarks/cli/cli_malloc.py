@@ -1,6 +1,6 @@
 """``diffinverse-reconstruct`` on the CPU with its default allocator setting and with ``--release-memory``.
 
-On a CPU the command keeps freed memory for reuse (``diffinverse.reconstruct.keep_freed_memory``)
+On a CPU the command keeps freed memory for reuse (``diffinverse.memory.keep_freed_memory``)
 unless ``--release-memory`` is given. This runs the command both ways, alternating over
 ``--rounds``, each in its own process, on one file (default: a simulated fastMRI-size file, 2
 slices of 320x368 with 15 coils, written with ``diffinverse.datasets.demo.make_demo`` into a

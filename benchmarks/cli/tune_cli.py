@@ -2,12 +2,12 @@
 
 Runs the command line once per combination of the given option values and prints the mean PSNR /
 SSIM against the file's ``reconstruction_rss`` over its slices, with those of the baselines. This is
-how the command line's defaults (``DIFFUSION`` in ``diffinverse/reconstruct.py``) are chosen, on the
+how the command line's defaults (``SAMPLER_DEFAULTS`` in ``diffinverse/pipelines/fastmri.py``) are chosen, on the
 bundled demo file; check them on other data (``benchmarks/cli/real_brain_cli.py``) rather than tuning
 on it.
 
 Usage:
-    python benchmarks/cli/tune_cli.py demo --sampler reddiff --grid lr=0.01,0.02,0.05 lam=0.01,0.25 \\
+    python benchmarks/cli/tune_cli.py demo --sampler reddiff --grid reddiff-lr=0.01,0.02,0.05 reddiff-lam=0.01,0.25 \\
         sigma-start=0.1,0.2 [--mask random] [--acceleration 4] [--seed 0]
 """
 from __future__ import annotations
