@@ -1,9 +1,10 @@
 """Classical reconstructions to put next to every diffusion result.
 
-* :func:`zero_filled`: ``A^H y`` (for MRI: the zero-filled inverse FFT, coil-combined with the
-  maps for multi-coil operators).
-* :func:`sense`: ``physics.A_dagger(y)``, which for the multi-coil MRI operators is SENSE by CG.
-* :func:`fbp`: ``physics.A_dagger(y)``, which for the CT operator is filtered back-projection.
+The operators' own baselines need no function here: ``physics.A_adjoint(y)`` is the zero-filled
+reconstruction of MRI data (coil-combined with the maps for multi-coil operators), and
+``physics.A_dagger(y)`` is SENSE by CG for the multi-coil MRI operators and filtered
+back-projection for the CT operator. This module adds
+
 * :func:`tv_reconstruction`: isotropic total-variation regularised least squares
   ``argmin_x ||A x - y||^2 / 2 + lam TV(x)`` by the primal-dual hybrid gradient method
   (Chambolle-Pock) for any linear physics.
@@ -25,27 +26,12 @@ from deepinv.physics import LinearPhysics
 
 from diffinverse.samplers.checks import check_finite, check_x_init
 
-__all__ = ["zero_filled", "sense", "fbp", "tv_reconstruction", "tv_objective", "total_variation"]
+__all__ = ["tv_reconstruction", "tv_objective", "total_variation"]
 
 # tv_reconstruction's step balancing (after Goldstein et al. 2015, Algorithm 2; here the change
 # decays every iteration): the first change of tau and 1 / sigma, by 1 / (1 - a) or (1 - a), its
 # decay per iteration, and the ratio of the residuals that triggers it
 _ADAPT_START, _ADAPT_DECAY, _ADAPT_BAND = 0.5, 0.95, 1.5
-
-
-def zero_filled(y: torch.Tensor, physics) -> torch.Tensor:
-    """``A^H y``: the zero-filled reconstruction of MRI data (the adjoint for any linear physics)."""
-    return physics.A_adjoint(y)
-
-
-def sense(y: torch.Tensor, physics) -> torch.Tensor:
-    """SENSE reconstruction: ``physics.A_dagger(y)`` (least squares by CG for the multi-coil operator)."""
-    return physics.A_dagger(y)
-
-
-def fbp(y: torch.Tensor, physics) -> torch.Tensor:
-    """Filtered back-projection: ``physics.A_dagger(y)`` of the CT operator."""
-    return physics.A_dagger(y)
 
 
 def _spatial(x: torch.Tensor, spatial_dims: int | None) -> int:

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from diffinverse import baselines
-from diffinverse.baselines import (fbp, sense, total_variation, tv_objective, tv_reconstruction,
-                                            zero_filled)
+from diffinverse.baselines import total_variation, tv_objective, tv_reconstruction
 from diffinverse.testing import assert_adjoint
 
 
@@ -64,7 +63,7 @@ def test_tv_beats_adjoint_on_blurred_blocks():
     x = _blocks(2, 32, generator=g)
     physics = dinv.physics.Blur(_gaussian(1.5), padding="circular")
     y = physics.A(x) + 0.03 * torch.randn(x.shape, generator=g)
-    adj = zero_filled(y, physics)
+    adj = physics.A_adjoint(y)
     x_tv = tv_reconstruction(y, physics, lam=0.02)
     gain_adj = _psnr(x, x_tv) - _psnr(x, adj)
     gain_y = _psnr(x, x_tv) - _psnr(x, y)
@@ -83,7 +82,7 @@ def test_tv_beats_zero_filled_on_complex_mri():
     physics = dinv.physics.MRI(mask=mask, img_size=(32, 32))
     y = physics.A(x)
     y = y + 0.02 * torch.randn(y.shape, generator=g) * mask
-    zf = zero_filled(y, physics)
+    zf = physics.A_adjoint(y)
     x_tv = tv_reconstruction(y, physics, lam=0.01)
     gain = _psnr(x, x_tv) - _psnr(x, zf)
     assert gain >= 3.0, gain  # measured +11.6 dB
@@ -224,9 +223,6 @@ def test_other_baselines_and_errors():
     physics = dinv.physics.MRI(mask=mask, img_size=(16, 16))
     x = torch.randn(1, 2, 16, 16, generator=g)
     y = physics.A(x)
-    assert torch.equal(zero_filled(y, physics), physics.A_adjoint(y))
-    assert torch.equal(sense(y, physics), physics.A_dagger(y))
-    assert torch.equal(fbp(y, physics), physics.A_dagger(y))
     with pytest.raises(TypeError, match="LinearPhysics"):
         tv_reconstruction(y, dinv.physics.Physics(A=lambda v: v**2))
     with pytest.raises(ValueError, match="num_iters"):

@@ -50,7 +50,7 @@ from types import MappingProxyType
 
 import torch
 
-from diffinverse.baselines import sense, tv_reconstruction
+from diffinverse.baselines import tv_reconstruction
 from diffinverse.datasets.fastmri import center_crop
 from diffinverse.imaging import from_prior_range, magnitude, per_item, to_prior_range
 from diffinverse.operators.coils import estimate_coil_maps, rss
@@ -441,7 +441,7 @@ def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, s
         maps = maps.to(device=k.device, dtype=torch.complex64)
         y = to_channels(y_c)                                          # (B, 2, C, h, W)
         cg = {"cg_iters": SENSE_ITERS, "cg_lambda": SENSE_LAMBDA}
-        x_sense = sense(y, MultiCoilMRI(mask, maps, **cg))            # (B, 2, 2, h, W): two map sets
+        x_sense = MultiCoilMRI(mask, maps, **cg).A_dagger(y)            # (B, 2, 2, h, W): two map sets
         out["sense"] = _rss_maps(x_sense)
         # the prior knows one image per slice: it reconstructs the first map set's image, and the
         # second's (non-zero only where the field of view wraps) is kept from SENSE and its
