@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from deepinv.physics import LinearPhysics
 
+from diffinverse.imaging import per_item
 from diffinverse.samplers.checks import check_finite, check_x_init
 
 __all__ = ["tv_reconstruction", "tv_objective", "total_variation"]
@@ -105,11 +106,6 @@ def _op_norm_sq(physics, x: torch.Tensor, iters: int) -> float:
 def _sq_norms(t: torch.Tensor) -> torch.Tensor:
     """Squared norm of each batch item: ``(B, ...)`` -> ``(B,)``."""
     return _norms(t).square()
-
-
-def _per_item(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` values shaped to broadcast over ``like: (B, ...)``."""
-    return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
@@ -205,7 +201,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         # unscaled backprojection is far off, and hundreds of iterations do not recover from it
         x = physics.A_adjoint(y)
         alpha = _sq_norms(x) / _sq_norms(physics.A(x)).clamp_min(1e-30)
-        x = _per_item(alpha, x) * x
+        x = per_item(alpha, x) * x
     else:
         check_finite(x_init, "x_init")
         check_x_init(x_init, y, physics)
@@ -237,23 +233,23 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
     residual = float("inf")
     for i in range(num_iters):
         # dual ascent: prox of sigma F* (data: closed form; TV: projection on |q| <= lam per pixel)
-        sigma_p = _per_item(sigma, p)
+        sigma_p = per_item(sigma, p)
         # p <- (p + sigma (ax_bar - y)) / (1 + sigma); the old p is not needed again
         p.add_(torch.sub(ax_bar, y_c, out=scratch).mul_(sigma_p)).div_(1 + sigma_p)
-        q_new = q + _per_item(sigma, q[0]) * gx_bar
+        q_new = q + per_item(sigma, q[0]) * gx_bar
         if lam > 0:
             q_new = q_new / (_magnitude(q_new) / lam_c).clamp_min(1.0).unsqueeze(0).unsqueeze(2)
         else:
             q_new = torch.zeros_like(q_new)
         # primal descent (G = 0) and extrapolation with theta = 1
         data_grad, tv_grad = scaled(physics.A_adjoint(p)), _grad_adjoint(q_new, s)
-        x_new = x - _per_item(tau, x) * (data_grad + tv_grad)
+        x_new = x - per_item(tau, x) * (data_grad + tv_grad)
         ax_new, gx_new = scaled(physics.A(x_new)), _grad(x_new, s)
         # relative residuals (see the docstring), NaN where both sides are 0
         primal = _norms(data_grad + tv_grad) / (_norms(data_grad) + _norms(tv_grad) + grad_scale)
         # the data part, (p_old - p) / sigma + ax_bar - ax_new, is p + y - ax_new by p's update
         dual = ((_sq_norms(torch.add(p, y_c, out=scratch).sub_(ax_new))
-                 + _sq_norms(((q - q_new) / _per_item(sigma, q[0]) + gx_bar - gx_new).movedim(0, 1))).sqrt()
+                 + _sq_norms(((q - q_new) / per_item(sigma, q[0]) + gx_bar - gx_new).movedim(0, 1))).sqrt()
                 / ((_sq_norms(ax_new) + _sq_norms(gx_new.movedim(0, 1))).sqrt() + y_scale))
         # balance them: the larger one gets the larger step, tau sigma unchanged (Goldstein et al.)
         factor = torch.where(primal > _ADAPT_BAND * dual, 1 / (1 - adapt),
