@@ -22,7 +22,7 @@ a time):
    and ``--resume`` do not change it; the samplers draw from a second generator seeded likewise.
 3. **Options.** ``--sampler`` picks a method of the pipeline; each diffusion sampler's own
    options (its :class:`~diffinverse.samplers.SamplerSpec` ``options``) are offered as
-   ``--SAMPLER-OPTION`` (``--dps-zeta``, ``--reddiff-lam``, ``--reddiff-lr``), defaults from
+   ``--SAMPLER-OPTION`` (``--dps-zeta``, ``--reddiff-lam``, ``--dds-gamma``, ...), defaults from
    :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`. The former ``--zeta``, ``--lam`` and
    ``--lr`` are still accepted, with a ``FutureWarning`` naming the new option.
 4. **Outputs** in ``--output``, each written atomically (temporary file in the same directory,

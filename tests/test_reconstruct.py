@@ -384,8 +384,8 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     (["--sampler", "reddiff", "--dps-squared-norm"], "--dps-squared-norm applies to --sampler dps, not reddiff"),
     (["--sampler", "reddiff", "--zeta", "1"], "--dps-zeta applies to --sampler dps, not reddiff"),
     (["--sampler", "dps", "--dps-zeta", "1", "--zeta", "2"], "give --dps-zeta or its deprecated name --zeta, not both"),
-    (["--sampler", "sense", "--warm-start", "tv"], "--warm-start applies to the diffusion samplers (dps, reddiff), not sense"),
-    (["--sampler", "tv", "--bf16"], "--bf16 applies to the diffusion samplers (dps, reddiff), not tv"),
+    (["--sampler", "sense", "--warm-start", "tv"], "--warm-start applies to the diffusion samplers (dps, reddiff, dds), not sense"),
+    (["--sampler", "tv", "--bf16"], "--bf16 applies to the diffusion samplers (dps, reddiff, dds), not tv"),
     (["--sampler", "reddiff", "--reddiff-lam", "-1"], "--sampler reddiff: "),   # the sampler's own range check
     (["--sampler", "dps", "--dps-zeta", "nan"], "--dps-zeta must be a finite number, got nan"),
     (["--sampler", "dps", "--sigma-start", "1e6"], "exceeds the prior's largest noise level"),

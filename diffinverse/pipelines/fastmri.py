@@ -89,6 +89,7 @@ class SamplerDefaults:
 SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
     "dps": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.2, options={"zeta": 4.0}),
     "reddiff": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.2, options={"lam": 0.01, "lr": 0.05}),
+    "dds": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.3, options={"gamma": 10.0, "eta": 1.0}),
 }
 """Name (a key of :data:`~diffinverse.samplers.SAMPLERS`) -> this pipeline's settings."""
 
@@ -207,7 +208,7 @@ def build_sampler(method: str, prior, *, num_steps: int | None = None, sampler_o
     """The diffusion sampler ``method`` with this pipeline's settings (:data:`SAMPLER_DEFAULTS`).
 
     Args:
-        method: a key of :data:`SAMPLER_DEFAULTS` (``"dps"``, ``"reddiff"``).
+        method: a key of :data:`SAMPLER_DEFAULTS` (``"dps"``, ``"reddiff"``, ``"dds"``).
         prior: a 2-channel (complex) denoiser, e.g. ``priors.load("mri-brain")``.
         num_steps: steps of the full noise grid (default: the pipeline's).
         sampler_options: the sampler's own options (its ``SamplerSpec.options``, e.g.
@@ -329,7 +330,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
         mask: the sampling mask, ``(W,)`` lines (a fastMRI file's ``mask``) or ``(h, W)`` on the
             readout-cropped grid, 0/1. ``None``: give ``acceleration`` (retrospective undersampling
             of fully sampled data).
-        method: a diffusion sampler (a key of :data:`SAMPLER_DEFAULTS`: ``"dps"``, ``"reddiff"``),
+        method: a diffusion sampler (a key of :data:`SAMPLER_DEFAULTS`: ``"dps"``, ``"reddiff"``, ``"dds"``),
             or ``"zero-filled"``, ``"sense"``, ``"tv"``.
         prior: a 2-channel denoiser, or a shipped prior's name or ``.safetensors`` path (loaded on
             ``device``); unused by the classical methods.
