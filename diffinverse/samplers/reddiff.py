@@ -51,7 +51,6 @@ from typing import Literal
 
 import torch
 from deepinv.physics import LinearPhysics
-
 from torch.optim.adam import adam
 
 from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
