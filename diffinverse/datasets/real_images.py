@@ -60,6 +60,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffinverse.imaging import to_prior_range
+
 __all__ = [
     "DICOM_SUFFIXES",
     "JPEG_SUFFIXES",
@@ -530,7 +532,6 @@ class RealImages:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         """Item ``i`` scaled into the prior range (magnitude's 99.5th percentile = 1), ``(C, H, W)``."""
-        from diffinverse.imaging import to_prior_range
 
         return to_prior_range(self.read(i)[None])[0][0]
 
@@ -573,7 +574,6 @@ class RealImageCrops:
 
     def _one(self, i: int, generator: torch.Generator) -> torch.Tensor:
         from diffinverse.datasets.brain import smooth_random_phase
-        from diffinverse.imaging import to_prior_range
 
         x = self.images.read(i)
         if x.shape[0] == 2 and not self.complex:

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
-from diffinverse.samplers.base import DiffusionSampler, randn
+from diffinverse.samplers.base import DiffusionSampler
 from diffinverse.samplers.checks import check_finite, checked_generator
 
 __all__ = ["ActiveResult", "ActiveSubsampling", "candidate_entropies", "kspace_line_candidates"]
@@ -213,7 +214,7 @@ class ActiveSubsampling:
         order, entropies = [], []
         state = sampler.init_state(x, y_n, physics)
         sampler.network.reset()
-        for i in range(len(levels) - 1):
+        for i in tqdm(range(len(levels) - 1), disable=not self.progress, desc=type(self).__name__):
             if i in at:
                 with torch.no_grad():
                     x0_hat = sampler.denoise(x, sigmas[i])
@@ -228,7 +229,7 @@ class ActiveSubsampling:
                 physics = physics_for_mask(mask)
                 y_n = y.expand(n, *y.shape[1:])
                 state = sampler.init_state(x, y_n, physics)
-            noise = randn(x.shape, x, generator) if sampler.draws_noise(levels[i], levels[i + 1]) else None
+            noise = sampler.step_noise(x, generator, sampler.draws_noise(levels[i], levels[i + 1]))
             x, _ = sampler.step(x, sigmas[i], sigmas[i + 1], noise, y_n, physics, state)
         self.last_nfe = sampler.network.nfe
         x = x.detach()

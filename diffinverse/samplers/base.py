@@ -199,11 +199,18 @@ class DiffusionSampler:
         return None
 
     def finalize(self, x: torch.Tensor, state: Any):
-        """Map the last state (a copy in the standard layout, checked finite) to what the call
-        returns (default: the state itself)."""
+        """Map the last state (in the standard layout, checked finite; not the graph's buffer
+        under ``cuda_graph``) to what the call returns (default: the state itself)."""
         return x
 
     # -- shared machinery ------------------------------------------------------------------
+
+    def step_noise(self, x: torch.Tensor, generator: torch.Generator, draws: bool) -> torch.Tensor | None:
+        """A step's standard normal draw: shaped like ``x`` (``(k, *x.shape)`` for ``noise_draws =
+        k``), or ``None`` where the step draws none (``draws``, from :meth:`draws_noise`)."""
+        if not draws:
+            return None
+        return randn(x.shape if self.noise_draws == 1 else (self.noise_draws, *x.shape), x, generator)
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """The prior's Tweedie mean ``D(x, sigma)``, counted as one network evaluation, returned in
@@ -299,9 +306,9 @@ class DiffusionSampler:
         steps = tqdm(range(len(draws)), disable=not self.progress, desc=type(self).__name__)
         run = self._graphs.run if self._graphs is not None else _run_eagerly
         x, state, self.last_nfe = run(self, x, y, physics, state, sigmas, levels, draws, generator, steps)
-        # a copy in the standard layout (under cuda_graph x is the graph's buffer, which the next
-        # call overwrites)
-        x = x.clone(memory_format=torch.contiguous_format)
+        # in the standard layout, and not the graph's buffer, which the next call overwrites
+        x = x.clone(memory_format=torch.contiguous_format) if self._graphs is not None else \
+            in_layout(x, torch.contiguous_format)
         if not torch.isfinite(x).all():
             raise FloatingPointError(
                 f"{type(self).__name__} diverged: its state contains NaN or infinite values after "
@@ -363,9 +370,8 @@ def _run_eagerly(sampler: DiffusionSampler, x, y, physics, state, sigmas: torch.
     state, the per-run state and the number of network evaluations."""
     sampler.network.reset()
     layout = sampler.state_format(x)
-    shape = x.shape if sampler.noise_draws == 1 else (sampler.noise_draws, *x.shape)
     for i in steps:
-        noise = randn(shape, x, generator) if draws[i] else None
+        noise = sampler.step_noise(x, generator, draws[i])
         x, x0_hat = sampler.step(x, sigmas[i], sigmas[i + 1], noise, y, physics, state)
         x = in_layout(x, layout)   # the network's layout (no copy where the step kept it)
         if sampler.callback is not None:

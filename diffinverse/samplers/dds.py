@@ -32,7 +32,7 @@ from deepinv.physics import LinearPhysics
 from diffinverse.samplers.base import DiffusionSampler
 from diffinverse.samplers.data_consistency import cg_data_consistency
 
-__all__ = ["DDS"]
+__all__ = ["DDS", "renoise"]
 
 
 class DDS(DiffusionSampler):
@@ -85,12 +85,17 @@ class DDS(DiffusionSampler):
         # Eq. 13: data consistency on the clean estimate (CG from x0_hat, or the exact projection)
         if self.data_consistency == "cg":
             x0_dc = cg_data_consistency(x0_hat, state["aty"], physics, gamma=self.gamma,
-                                             num_iters=self.cg_iters)
+                                        num_iters=self.cg_iters)
         else:
             x0_dc = x0_hat - physics.A_dagger(physics.A(x0_hat) - y)
         if noise is None:   # the last step, sigma_next = 0
             return x0_dc, x0_dc
         # DDIM re-noising with the network's eps_hat and fresh noise n, mixed by eta
-        eps_hat = (x - x0_hat) / sigma.to(x.dtype)
-        direction = self.eta * noise + math.sqrt(1 - self.eta**2) * eps_hat
-        return x0_dc + sigma_next.to(x.dtype) * direction, x0_dc
+        return renoise(x0_dc, (x - x0_hat) / sigma.to(x.dtype), noise, sigma_next, self.eta), x0_dc
+
+
+def renoise(x0: torch.Tensor, eps_hat: torch.Tensor, noise: torch.Tensor, sigma_next: torch.Tensor,
+            eta: float) -> torch.Tensor:
+    """DDS's re-noising to ``sigma_next``: ``x0 + sigma_next (eta n + sqrt(1 - eta^2) eps_hat)``, the
+    official code's ``sqrt(abar') x0 + sqrt(1 - abar') (eta z + sqrt(1 - eta^2) eps)`` in VE units."""
+    return x0 + sigma_next.to(x0.dtype) * (eta * noise + math.sqrt(1 - eta**2) * eps_hat)

@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from diffinverse.imaging import per_item
 from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
 
 __all__ = ["DPS"]
@@ -107,7 +108,7 @@ class DPS(DiffusionSampler):
                 grad_x0 = 2 * grad_x0
             else:
                 norms = residual.flatten(1).norm(dim=1).clamp_min(torch.finfo(residual.dtype).tiny)
-                grad_x0 = grad_x0 / norms.reshape(-1, *([1] * (grad_x0.ndim - 1)))
+                grad_x0 = grad_x0 / per_item(norms, grad_x0)
             (grad,) = torch.autograd.grad(x0_hat, x, grad_outputs=grad_x0)
         x, x0_hat = x.detach(), x0_hat.detach()
         # lines 5-7: the DDPM ancestral step in VE form, mean x0_hat + (sigma_next / sigma)^2 (x - x0_hat),

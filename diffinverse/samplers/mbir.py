@@ -40,8 +40,10 @@ from typing import Literal
 import torch
 from deepinv.physics import LinearPhysics
 
+from diffinverse.imaging import per_item
 from diffinverse.samplers.admm_tv import AdmmTV
 from diffinverse.samplers.base import DiffusionSampler
+from diffinverse.samplers.dds import renoise
 
 __all__ = ["DiffusionMBIR"]
 
@@ -123,8 +125,7 @@ class DiffusionMBIR(DiffusionSampler):
             x0_dc = self.admm.step(x0_hat, state["aty"], physics, state)
             if noise is None:
                 return x0_dc, x0_dc
-            eps_hat = (x - x0_hat) / s
-            return x0_dc + s_next * (self.eta * noise + math.sqrt(1 - self.eta**2) * eps_hat), x0_dc
+            return renoise(x0_dc, (x - x0_hat) / s, noise, sigma_next, self.eta), x0_dc
         # predictor (reverse diffusion, VE): x + (sigma^2 - sigma_next^2) score + sqrt(sigma^2 - sigma_next^2) z
         x0_hat = self.denoise_volume(x, sigma)
         x = x0_hat + (s_next / s) ** 2 * (x - x0_hat)   # the mean, x + (s^2 - s_next^2) (x0_hat - x) / s^2
@@ -133,7 +134,7 @@ class DiffusionMBIR(DiffusionSampler):
             # corrector: one Langevin step at sigma_next, step size from the signal-to-noise ratio
             score = (self.denoise_volume(x, sigma_next) - x) / s_next**2
             ratio = noise[1].flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1).clamp_min(1e-12)
-            step = (2 * (self.snr * ratio) ** 2).reshape(-1, *([1] * (x.ndim - 1)))
+            step = per_item(2 * (self.snr * ratio) ** 2, x)
             x = x + step * score + (2 * step).sqrt() * noise[1]
         # one ADMM-TV iteration on the state
         return self.admm.step(x, state["aty"], physics, state), x0_hat

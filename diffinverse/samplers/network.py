@@ -103,7 +103,8 @@ class NetworkCall:
         if isinstance(sigma, torch.Tensor):
             # a device tensor is not read back to the host (a captured step cannot be)
             sigma = sigma.to(x.dtype).expand(x.shape[0])
+        elif isinstance(self.prior, Prior):
+            sigma = as_sigma(sigma, x)   # a float, checked on the host
         if isinstance(self.prior, Prior):
             self.prior.check_input(x)
-            return self._denoise(x, sigma if isinstance(sigma, torch.Tensor) else as_sigma(sigma, x))
         return self._denoise(x, sigma)
