@@ -428,8 +428,9 @@ def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method) -> d
                 "acquisition": f.attrs.get("acquisition")}
 
     rows = [method.name] + [b for b in BASELINES if b != method.name and b in volumes]
-    scores = {key: {name: {"nmse": M.nmse(t, volumes[name]), "psnr": M.psnr(t, volumes[name]),
-                           "ssim": M.ssim(t, volumes[name])} for name in rows}
+    scores = {key: {name: {"nmse": M.nmse(reference=t, estimate=volumes[name]),
+                           "psnr": M.psnr(reference=t, estimate=volumes[name]),
+                           "ssim": M.ssim(reference=t, estimate=volumes[name])} for name in rows}
               for key, t in targets.items()}
     record = {"input": str(path), "name": path.stem, "slices": [sl.start, sl.stop], "coils": info["coils"],
               "shape": list(volumes[method.name].shape), "mask": mask_text, "method": method.describe(),

@@ -55,8 +55,8 @@ def test_library_pipeline_gives_the_command_lines_psnr_on_the_demo(tmp_path):
     assert set(images) == set(cli) == {"reddiff", "zero-filled", "sense"}
     for name, image in images.items():
         image = image.numpy()
-        assert M.psnr(target, image) == pytest.approx(cli[name]["psnr"], abs=1e-6), name
-        assert M.ssim(target, image) == pytest.approx(cli[name]["ssim"], abs=1e-7), name
+        assert M.psnr(reference=target, estimate=image) == pytest.approx(cli[name]["psnr"], abs=1e-6), name
+        assert M.ssim(reference=target, estimate=image) == pytest.approx(cli[name]["ssim"], abs=1e-7), name
     # and the diffusion sampler beats both baselines here, as the command line's test asserts at 50 steps
     assert cli["reddiff"]["psnr"] > max(cli["sense"]["psnr"], cli["zero-filled"]["psnr"])
 

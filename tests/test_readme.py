@@ -33,7 +33,7 @@ def test_readme_pipeline_block_runs_and_reddiff_beats_sense(capsys):
 
     rec, target = scope["rec"], scope["target"]
     assert rec.image.shape == target.shape and rec.method == "reddiff" and rec.nfe > 0
-    assert psnr(target, rec.image.numpy()) > psnr(target, rec.baselines["sense"].numpy())
+    assert psnr(reference=target, estimate=rec.image.numpy()) > psnr(reference=target, estimate=rec.baselines["sense"].numpy())
     assert "RED-Diff" in capsys.readouterr().out
 
 
@@ -43,5 +43,6 @@ def test_readme_sampler_block_runs_and_dps_beats_sense(capsys):
     from diffinverse.metrics import psnr
 
     x, x_sense, x_dps = scope["x"], scope["x_sense"], scope["x_dps"]
-    assert psnr(magnitude(x), magnitude(x_dps)) > psnr(magnitude(x), magnitude(x_sense)) + 2.0
+    assert (psnr(reference=magnitude(x), estimate=magnitude(x_dps))
+            > psnr(reference=magnitude(x), estimate=magnitude(x_sense)) + 2.0)
     assert "SENSE" in capsys.readouterr().out
