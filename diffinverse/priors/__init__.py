@@ -3,8 +3,10 @@ from . import schedules
 from .base import Prior, RangeAdapter, VPDenoiser
 from .checkpoints import available, load, save
 from .gmm import GaussianMixture, GaussianMixturePrior
+from .latent import ConvLatentPrior, LatentPrior, load_latent_diffusers
 from .sampling import sample_heun
 from .unet import UNet
 
 __all__ = ["schedules", "Prior", "RangeAdapter", "VPDenoiser", "available", "load", "save",
-           "GaussianMixture", "GaussianMixturePrior", "sample_heun", "UNet"]
+           "GaussianMixture", "GaussianMixturePrior", "sample_heun", "UNet",
+           "ConvLatentPrior", "LatentPrior", "load_latent_diffusers"]

@@ -55,8 +55,14 @@ def _unet_class():
     return UNet
 
 
+def _latent_class():
+    from diffinverse.priors.latent import ConvLatentPrior  # lazy, as the UNet
+
+    return ConvLatentPrior
+
+
 #: Prior classes our format can rebuild: class name -> zero-argument function returning the class.
-PRIOR_CLASSES: dict[str, Callable[[], type]] = {"UNet": _unet_class}
+PRIOR_CLASSES: dict[str, Callable[[], type]] = {"UNet": _unet_class, "ConvLatentPrior": _latent_class}
 
 
 def available() -> list[str]:
@@ -143,6 +149,27 @@ def _load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path
     module.load_state_dict(state, strict=True)
 
 
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; a CUDA device this machine lacks is a ``ValueError``.
+
+    Checked before any file is read, so the error names the missing device rather than a
+    weights file that safetensors cannot place there.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"not a torch device: {device!r} ({e})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} requested but this machine has no CUDA device "
+                             f"(torch.cuda.is_available() is False); load on 'cpu' instead")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r} requested but this machine has {count} CUDA "
+                             f"device(s), numbered 0 to {count - 1}")
+    return dev
+
+
 def _check_channels(prior: Prior, channels: int | None, path: Path) -> Prior:
     if channels is not None and prior.channels != channels:
         raise ValueError(f"{path}: the prior has {prior.channels} channel(s), expected {channels}")
@@ -154,7 +181,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu", channe
          config: Mapping | None = None) -> Prior:
     """Load a prior, in eval mode on ``device``.
 
-    Dispatch: a directory is a diffusers ``UNet2DModel`` (:func:`load_diffusers`); with
+    Dispatch: a directory with ``vae/`` is a latent diffusion model
+    (:func:`~diffinverse.priors.latent.load_latent_diffusers`), any other directory a diffusers
+    ``UNet2DModel`` (:func:`load_diffusers`); with
     ``architecture`` a file is a deepinv state dict (:func:`load_deepinv`); otherwise a shipped
     name (see :func:`available`) or a ``.safetensors`` file in our format.
 
@@ -169,10 +198,16 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu", channe
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unknown name (the known ones are listed), unreadable or corrupt file,
-            unknown class, keys or shapes that do not match, wrong channel count.
+        ValueError: a CUDA ``device`` on a machine without one (or without that index), unknown
+            name (the known ones are listed), unreadable or corrupt file, unknown class, keys or
+            shapes that do not match, wrong channel count.
     """
+    _check_device(device)
     path = _resolve(name_or_path)
+    if path.is_dir() and (path / "vae" / "config.json").is_file():
+        from diffinverse.priors.latent import load_latent_diffusers
+
+        return _check_channels(load_latent_diffusers(path, device=device), channels, path)
     if path.is_dir():
         return _check_channels(load_diffusers(path, device=device), channels, path)
     if architecture is not None:
