@@ -232,3 +232,18 @@ def test_deepinv_diffunet_wrapping_and_mismatch(tmp_path):
         eps = net.forward_diffusion(torch.nn.functional.pad(a * x, (16, 0, 16, 0), mode="circular"),
                                     torch.tensor([250.0]))[..., 16:, 16:]
         torch.testing.assert_close(prior(x, sigma), x - sigma * eps, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_cuda_device_is_named(tmp_path):
+    path = checkpoints.save(_randomise(Tiny()), tmp_path / "t.safetensors")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    absent = f"cuda:{count}"  # one past the last visible device, on any machine
+    expected = "has no CUDA device" if count == 0 else rf"has {count} CUDA device\(s\)"
+    with pytest.raises(ValueError, match=rf"device '{absent}' requested but this machine {expected}"):
+        checkpoints.load(path, classes={"Tiny": Tiny}, device=absent)
+    if count == 0:
+        with pytest.raises(ValueError, match=r"'cuda' requested but this machine has no CUDA device"):
+            checkpoints.load(path, classes={"Tiny": Tiny}, device="cuda")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            checkpoints.load("no-such-prior", device="cuda")  # checked before the name
+    assert checkpoints.load(path, classes={"Tiny": Tiny}, device="cpu").conv.weight.device.type == "cpu"
