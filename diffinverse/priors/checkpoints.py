@@ -55,8 +55,14 @@ def _unet_class():
     return UNet
 
 
+def _latent_class():
+    from diffinverse.priors.latent import ConvLatentPrior  # lazy, as the UNet
+
+    return ConvLatentPrior
+
+
 #: Prior classes our format can rebuild: class name -> zero-argument function returning the class.
-PRIOR_CLASSES: dict[str, Callable[[], type]] = {"UNet": _unet_class}
+PRIOR_CLASSES: dict[str, Callable[[], type]] = {"UNet": _unet_class, "ConvLatentPrior": _latent_class}
 
 
 def available() -> list[str]:
@@ -175,7 +181,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu", channe
          config: Mapping | None = None) -> Prior:
     """Load a prior, in eval mode on ``device``.
 
-    Dispatch: a directory is a diffusers ``UNet2DModel`` (:func:`load_diffusers`); with
+    Dispatch: a directory with ``vae/`` is a latent diffusion model
+    (:func:`~diffinverse.priors.latent.load_latent_diffusers`), any other directory a diffusers
+    ``UNet2DModel`` (:func:`load_diffusers`); with
     ``architecture`` a file is a deepinv state dict (:func:`load_deepinv`); otherwise a shipped
     name (see :func:`available`) or a ``.safetensors`` file in our format.
 
@@ -196,6 +204,10 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu", channe
     """
     _check_device(device)
     path = _resolve(name_or_path)
+    if path.is_dir() and (path / "vae" / "config.json").is_file():
+        from diffinverse.priors.latent import load_latent_diffusers
+
+        return _check_channels(load_latent_diffusers(path, device=device), channels, path)
     if path.is_dir():
         return _check_channels(load_diffusers(path, device=device), channels, path)
     if architecture is not None:
