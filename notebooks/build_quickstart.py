@@ -57,7 +57,8 @@ CELLS = [
              "x_red = red(y, physics, generator=g)\n"
              "for name, r in [('SENSE', x_sense), ('TV', x_tv), ('DPS sample', post.samples[0]),\n"
              "                (f'DPS mean of {NUM_SAMPLES}', post.mean), ('RED-Diff', x_red)]:\n"
-             "    print(f'{name:20s} PSNR {psnr(magnitude(x), magnitude(r)):.2f} dB  SSIM {ssim(magnitude(x), magnitude(r)):.3f}')\n"
+             "    print(f'{name:20s} PSNR {psnr(reference=magnitude(x), estimate=magnitude(r)):.2f} dB  '\n"
+             "          f'SSIM {ssim(reference=magnitude(x), estimate=magnitude(r)):.3f}')\n"
              "print('network evaluations per DPS sample:', dps.last_nfe)"),
     ("code", "std = torch.stack([magnitude(s) for s in post.samples]).std(0)[0]   # spread of the magnitudes\n"
              "fig, ax = plt.subplots(1, 6, figsize=(21, 4))\n"
