@@ -10,7 +10,8 @@ import torch
 
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.samplers import DDS, ActiveSubsampling
-from diffinverse.samplers.ads import candidate_entropies, kspace_line_candidates
+from diffinverse.operators import CT
+from diffinverse.samplers.ads import ViewMaskedCT, candidate_entropies, ct_view_candidates, kspace_line_candidates
 
 SHAPE = (1, 4, 4)
 NOISE = 0.01
@@ -46,10 +47,10 @@ def _gaussian_prior():
                                 sigma_max=20.0), cov
 
 
-def _exact_greedy(cov, budget):
-    """Greedy maximum-entropy pixels under exact Gaussian conditioning (independent of the values);
-    each choice's posterior variance is at least 1.5x the runner-up's."""
-    chosen = []
+def _exact_greedy(cov, budget, measured):
+    """Greedy maximum-entropy pixels after ``measured`` under exact Gaussian conditioning
+    (independent of the values); each choice's posterior variance is at least 1.5x the runner-up's."""
+    chosen = list(measured)
     for _ in range(budget):
         if chosen:
             s = torch.tensor(chosen)
@@ -63,7 +64,7 @@ def _exact_greedy(cov, budget):
         top = var.sort(descending=True).values
         assert top[0] >= 1.5 * top[1]   # a margin that particle estimates can resolve
         chosen.append(int(var.argmax()))
-    return chosen
+    return chosen[len(measured):]
 
 
 def _pixel_problem(prior, calls):
@@ -84,18 +85,42 @@ def _pixel_problem(prior, calls):
 
 @pytest.mark.parametrize("kernel", ["ads", "gmm"])
 def test_first_choices_are_the_exact_maximum_entropy_choices(kernel):
+    """Pixel 5 is measured up front (one whose exact greedy choices after it win by clear
+    margins); ADS's three choices are the exact greedy ones given it."""
     prior, cov = _gaussian_prior()
     calls = []
+    exact = [5, *_exact_greedy(cov, 3, [5])]
     _, candidates, measure, physics_for_mask, groups = _pixel_problem(prior, calls)
-    ads = ActiveSubsampling(DDS(prior, num_steps=40, data_consistency="projection", progress=False), budget=3,
-                            num_particles=128, window=(0.5, 0.9), kernel=kernel, s=0.5)
-    out = ads(measure, physics_for_mask, candidates, initial_mask=torch.zeros(SHAPE, dtype=torch.bool),
+    ads = ActiveSubsampling(DDS(prior, num_steps=40, data_consistency="projection", sigma_start=None, progress=False),
+                            budget=3, num_particles=128, window=(0.5, 0.9), kernel=kernel, s=0.5)
+    out = ads(measure, physics_for_mask, candidates, initial_mask=candidates[exact[0]],
               groups=groups, x_shape=(1, *SHAPE), generator=torch.Generator().manual_seed(0))
-    assert list(out.order) == _exact_greedy(cov, 3)   # measured: 3 seeds x 2 kernels, all 6 match
-    # measure: once per acquisition, each time only the new pixel (nothing measured twice)
-    assert len(calls) == 3 and all(int(c.sum()) == 1 for c in calls)
-    assert int(torch.stack(calls).sum(0).max()) == 1 and int(out.mask.sum()) == 3
-    assert out.entropies.shape == (3, 16) and torch.isinf(out.entropies[2, list(out.order[:2])]).all()
+    assert list(out.order) == exact[1:]
+    # measure: once for the initial pixel, then once per acquisition, each time only the new pixel
+    assert len(calls) == 4 and all(int(c.sum()) == 1 for c in calls)
+    assert int(torch.stack(calls).sum(0).max()) == 1 and int(out.mask.sum()) == 4
+    assert out.entropies.shape == (3, 16) and torch.isinf(out.entropies[2, [exact[0], *out.order[:2]]]).all()
+    # DDS reuses the acquisition's network pass: one pass per step
+    assert ads.last_nfe == len(ads.sampler.sigmas) - 1
+
+
+def test_a_budget_beyond_the_window_acquires_several_candidates_per_step():
+    """6 steps, window (0, 0.5): 3 acquisition steps for a budget of 8; every acquisition is
+    still one measure call of one new pixel, and those of a step are its highest entropies."""
+    prior, _ = _gaussian_prior()
+    calls = []
+    _, candidates, measure, physics_for_mask, groups = _pixel_problem(prior, calls)
+    ads = ActiveSubsampling(DDS(prior, num_steps=6, data_consistency="projection", sigma_start=None, progress=False),
+                            budget=8, num_particles=4, window=(0.0, 0.5))
+    steps = ads.acquisition_steps(6)
+    assert steps == [0, 0, 0, 1, 1, 1, 2, 2]
+    out = ads(measure, physics_for_mask, candidates, initial_mask=candidates[0], groups=groups, x_shape=(1, *SHAPE),
+              generator=torch.Generator().manual_seed(2))
+    assert len(calls) == 9 and int(torch.stack(calls).sum(0).max()) == 1 and int(out.mask.sum()) == 9
+    assert len(set(out.order)) == 8 and 0 not in out.order
+    first = out.entropies[0]                                      # the first step's entropies
+    assert set(out.order[:3]) == set(first.topk(3).indices.tolist())
+    assert ads.acquisition_steps(100) == [k * 6 for k in range(8)]   # the official schedule: 50 // 8 = 6 apart
 
 
 def test_same_seed_same_choices_and_bad_input_is_named():
@@ -103,17 +128,20 @@ def test_same_seed_same_choices_and_bad_input_is_named():
     calls = []
     _, candidates, measure, physics_for_mask, groups = _pixel_problem(prior, calls)
     empty = torch.zeros(SHAPE, dtype=torch.bool)
-    ads = ActiveSubsampling(DDS(prior, num_steps=10, data_consistency="projection", progress=False), budget=2,
-                            num_particles=4)
-    run = lambda **kw: ads(measure, physics_for_mask, candidates, initial_mask=kw.get("mask", empty), groups=groups,
-                           x_shape=(1, *SHAPE), generator=torch.Generator().manual_seed(1))
-    a, b = run(), run()
-    assert a.order == b.order and torch.equal(a.mean, b.mean)
+    ads = ActiveSubsampling(DDS(prior, num_steps=10, data_consistency="projection", sigma_start=None,
+                                progress=False), budget=2, num_particles=4)
+    run = lambda seed=1, **kw: ads(measure, physics_for_mask, candidates, initial_mask=kw.get("mask", candidates[5]),
+                                   groups=groups, x_shape=(1, *SHAPE), generator=torch.Generator().manual_seed(seed))
+    a, b, c = run(), run(), run(seed=2)
+    assert a.order == b.order and torch.equal(a.mean, b.mean) and torch.equal(a.entropies, b.entropies)
+    assert not torch.equal(a.mean, c.mean)                         # the seed drives the particles
     with pytest.raises(ValueError, match="nothing left"):
         run(mask=torch.ones(SHAPE, dtype=torch.bool))
-    with pytest.raises(ValueError, match="budget 20 exceeds"):
-        ActiveSubsampling(ads.sampler, budget=20, num_particles=4)(
-            measure, physics_for_mask, candidates, initial_mask=empty, groups=groups, x_shape=(1, *SHAPE))
+    with pytest.raises(ValueError, match="initial_mask is empty"):
+        run(mask=empty)
+    with pytest.raises(ValueError, match="budget 16 exceeds the 15 candidates"):
+        ActiveSubsampling(ads.sampler, budget=16, num_particles=4)(
+            measure, physics_for_mask, candidates, initial_mask=candidates[5], groups=groups, x_shape=(1, *SHAPE))
     for bad_measure, match in ((lambda m: torch.zeros(1, 2, 4, 4), "shape"),
                                (lambda m: torch.full((1, *SHAPE), float("nan")), "NaN")):
         with pytest.raises(ValueError, match=match):
@@ -131,3 +159,27 @@ def test_kspace_line_candidates_are_the_columns():
     assert groups.shape == (2, 3, 5, 6) and torch.equal(groups[1, 2, 4], torch.arange(6))
     with pytest.raises(ValueError, match="end in"):
         kspace_line_candidates((5,))
+
+
+def test_ct_views_as_candidates_and_the_view_masked_operator():
+    ct = CT(8, torch.arange(6) * math.pi / 6, backend="torch")
+    candidates, groups = ct_view_candidates(ct.sinogram_shape)
+    a, d = ct.sinogram_shape
+    assert candidates.shape == (6, 1, a, d) and torch.equal(candidates.sum(0), torch.ones(1, a, d, dtype=torch.long))
+    assert torch.equal(groups[0, :, 0], torch.arange(6)) and torch.equal(groups[0, 4], torch.full((d,), 4))
+    mask = candidates[0] | candidates[3]                              # views 0 and 3: equispaced
+    op = ViewMaskedCT(ct, mask)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64), torch.randn(2, 1, a, d, generator=g,
+                                                                                 dtype=torch.float64)
+    assert torch.equal(op.A(x)[:, :, [1, 2, 4, 5]], torch.zeros(2, 1, 4, d, dtype=torch.float64))
+    torch.testing.assert_close((op.A(x) * y).sum(), (x * op.A_adjoint(y)).sum())      # an adjoint pair
+    # A_dagger: the FBP of the two views' own operator (quadrature pi / 2 per view)
+    two = CT(8, torch.tensor([0.0, math.pi / 2]), backend="torch")
+    torch.testing.assert_close(op.A_dagger(op.A(x)), two.A_dagger(two.A(x)))
+    with pytest.raises(ValueError, match="whole views"):
+        ViewMaskedCT(ct, torch.eye(a, d, dtype=torch.bool))
+    with pytest.raises(ValueError, match="sinogram"):
+        ViewMaskedCT(ct, torch.ones(3, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="num_angles"):
+        ct_view_candidates((6,))

@@ -27,18 +27,23 @@ References:
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
+from deepinv.physics import LinearPhysics
+
 from diffinverse.samplers.base import DiffusionSampler
 from diffinverse.samplers.checks import check_finite, checked_generator
 
-__all__ = ["ActiveResult", "ActiveSubsampling", "candidate_entropies", "kspace_line_candidates"]
+__all__ = ["ActiveResult", "ActiveSubsampling", "ViewMaskedCT", "candidate_entropies", "ct_view_candidates",
+           "kspace_line_candidates"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,62 @@ def kspace_line_candidates(measurement_shape: tuple[int, ...]) -> tuple[torch.Te
     return candidates, torch.arange(w).expand(*measurement_shape).clone()
 
 
+def ct_view_candidates(sinogram_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection angles (sinogram rows) as ADS candidates.
+
+    Args:
+        sinogram_shape: ``(num_angles, num_detectors)`` of the full CT operator
+            (:attr:`~diffinverse.operators.ct.CT.sinogram_shape`).
+
+    Returns:
+        ``(candidates, groups)``: ``(A, 1, A, D)`` bool masks (candidate ``l`` = view ``l``, shaped
+        like one sinogram ``(1, A, D)``) and the view of every sinogram entry, ``(1, A, D)``.
+    """
+    if len(sinogram_shape) != 2 or min(sinogram_shape) < 1:
+        raise ValueError(f"sinogram_shape must be (num_angles, num_detectors), got {tuple(sinogram_shape)}")
+    a, d = sinogram_shape
+    candidates = torch.zeros(a, 1, a, d, dtype=torch.bool)
+    candidates[torch.arange(a), 0, torch.arange(a)] = True
+    return candidates, torch.arange(a)[:, None].expand(1, a, d).clone()
+
+
+class ViewMaskedCT(LinearPhysics):
+    """A CT operator restricted to some of its views, with zero-filled sinograms.
+
+    ``A x = m * ct.A(x)`` and ``A^T y = ct.A^T(m * y)`` with ``m`` the ``(1, A, D)`` 0/1 view mask,
+    so sinograms keep the full operator's shape ``(B, 1, A, D)`` (the measurements of a mask are
+    zero outside it, as :class:`ActiveSubsampling` adds them up). ``A_dagger`` is the full
+    operator's filtered back-projection of the masked sinogram times ``A / (measured views)``:
+    the quadrature weight of evenly spread measured views (exact for an equispaced subset).
+
+    Args:
+        ct: the full operator (:class:`~diffinverse.operators.ct.CT`), every candidate angle.
+        mask: ``(1, A, D)`` or ``(A, D)`` bool or 0/1, whole rows (views).
+    """
+
+    def __init__(self, ct, mask: torch.Tensor):
+        super().__init__()
+        shape = tuple(ct.sinogram_shape)
+        mask = mask.reshape(-1, *mask.shape[-2:])
+        if tuple(mask.shape[-2:]) != shape or mask.shape[0] != 1:
+            raise ValueError(f"mask must be {shape} or (1, *{shape}) (the sinogram), got {tuple(mask.shape)}")
+        rows = mask[0].bool()
+        if not torch.equal(rows, rows[:, :1].expand_as(rows)):
+            raise ValueError("mask must select whole views (sinogram rows)")
+        self.ct, self.view_mask = ct, mask.float()
+        self.views = int(rows[:, 0].sum())
+
+    def A(self, x, **kwargs):
+        return self.ct.A(x) * self.view_mask.to(x)
+
+    def A_adjoint(self, y, **kwargs):
+        return self.ct.A_adjoint(y * self.view_mask.to(y))
+
+    def A_dagger(self, y, **kwargs):
+        scale = self.view_mask.shape[-2] / max(self.views, 1)
+        return self.ct.A_dagger(y * self.view_mask.to(y)) * scale
+
+
 class ActiveSubsampling:
     """Active Diffusion Subsampling with a pluggable particle sampler.
 
@@ -127,10 +188,17 @@ class ActiveSubsampling:
         budget: candidates to acquire (``num_acquisitions``).
         num_particles: ``N`` (the paper: 16).
         window: ``(start, stop)`` fractions of the run's steps between which the acquisitions
-            are spread evenly (acquisition ``k`` at step ``start + k * (stop - start) // budget``).
+            are spread evenly (:meth:`acquisition_steps`; a budget larger than the window's steps
+            acquires several candidates at a step, those of highest entropy).
         kernel: the entropy estimate, ``"ads"`` (the paper's) or ``"gmm"``.
         s: the entropy kernel's width, in measurement units.
         progress: show a progress bar.
+
+    An acquisition evaluates the network on the particles (their Tweedie estimates predict the
+    measurements); a particle sampler whose step asks for the same estimate (DDS) gets it without
+    a second evaluation, so ``last_nfe`` counts one pass per step; DPS (which differentiates
+    through its own call) and RED-Diff (which denoises a re-noised mean) cost one more pass per
+    acquisition step.
 
     References:
         Nolan et al., "Active Diffusion Subsampling", TMLR 2025.
@@ -157,11 +225,21 @@ class ActiveSubsampling:
         self.last_nfe = 0
 
     def acquisition_steps(self, num_steps: int) -> list[int]:
-        """The steps (of ``num_steps``) before which an acquisition happens."""
+        """The step (of ``num_steps``) before which each acquisition happens, ``budget`` entries.
+
+        The official code's schedule, ``start + k * ((stop - start) // budget)``, where the window
+        has at least ``budget`` steps; otherwise ``start + (k * (stop - start)) // budget``, so that
+        several acquisitions share a step (the ``m`` candidates of highest entropy are acquired
+        together, from the same particles).
+        """
         start, stop = int(self.window[0] * num_steps), max(int(self.window[1] * num_steps), 1)
-        interval = max((stop - start) // self.budget, 1)
-        steps = [min(start + k * interval, num_steps - 1) for k in range(self.budget)]
-        return steps
+        start = min(start, stop - 1)
+        if stop - start >= self.budget:
+            interval = (stop - start) // self.budget
+            steps = [start + k * interval for k in range(self.budget)]
+        else:
+            steps = [start + (k * (stop - start)) // self.budget for k in range(self.budget)]
+        return [min(step, num_steps - 1) for step in steps]
 
     def __call__(self, measure: Callable[[torch.Tensor], torch.Tensor],
                  physics_for_mask: Callable[[torch.Tensor], object], candidates: torch.Tensor, *,
@@ -171,19 +249,21 @@ class ActiveSubsampling:
 
         Args:
             measure: ``measure(mask) -> y``, the measurements of ``mask`` (zero elsewhere), ``(1, ...)``;
-                called once for a non-empty ``initial_mask`` and once per acquisition, never twice
-                for the same entries.
+                called once for ``initial_mask`` and once per acquisition, never twice for the
+                same entries.
             physics_for_mask: ``physics_for_mask(mask)``: the forward model of a mask (zero-filled
                 measurements shaped like ``measure``'s), applied to a batch of particles.
             candidates: ``(L, *mask.shape)`` bool: candidate ``l``'s part of a mask.
-            initial_mask: bool mask measured before the first step (e.g. the k-space centre).
+            initial_mask: bool mask measured before the first step (e.g. the k-space centre), not
+                empty.
             groups: candidate id of every measurement entry (``-1``: none), shaped like ``y[0]``.
             x_shape: the shape of one image, ``(1, C, H, W)``.
             generator: source of all randomness.
 
         Raises:
             ValueError: if the budget exceeds the candidates not in ``initial_mask``, the initial
-                mask is already full, or ``measure`` returns the wrong shape or non-finite values.
+                mask is empty or already holds every candidate, or ``measure`` returns the wrong
+                shape or non-finite values.
         """
         sampler = self.sampler
         generator = checked_generator(generator, candidates.device)
@@ -192,15 +272,15 @@ class ActiveSubsampling:
         if candidates.shape[1:] != mask.shape:
             raise ValueError(f"candidates have shape {tuple(candidates.shape)}, expected (L, *{tuple(mask.shape)})")
         open_ = ~(candidates & mask).flatten(1).any(1)
+        if not mask.any():
+            raise ValueError("initial_mask is empty: measure something first (e.g. the k-space centre or one "
+                             "view); the particle sampler's data consistency needs a non-zero forward model")
         if not open_.any():
             raise ValueError("the initial mask already contains every candidate: nothing left to acquire")
         if self.budget > int(open_.sum()):
             raise ValueError(f"budget {self.budget} exceeds the {int(open_.sum())} candidates not yet measured")
         full = physics_for_mask(torch.ones_like(mask))
-        if mask.any():
-            y = self._measure(measure, mask, None)
-        else:   # nothing measured yet: zero-filled measurements of the right shape, no call
-            y = torch.zeros_like(full.A(torch.zeros(x_shape, device=candidates.device)))
+        y = self._measure(measure, mask, None)
         physics = physics_for_mask(mask)
         n = self.num_particles
         y_n = y.expand(n, *y.shape[1:])
@@ -210,27 +290,31 @@ class ActiveSubsampling:
         warm = sampler.sigma_start is not None
         x = sampler.init_x(y_n, physics, physics.A_dagger(y_n) if warm else None, levels[0], warm, generator,
                            (n, *x_shape[1:]))
-        at = dict.fromkeys(self.acquisition_steps(len(levels) - 1))
+        at = collections.Counter(self.acquisition_steps(len(levels) - 1))
         order, entropies = [], []
         state = sampler.init_state(x, y_n, physics)
         sampler.network.reset()
         for i in tqdm(range(len(levels) - 1), disable=not self.progress, desc=type(self).__name__):
+            sigma, x0_hat = sigmas[i], None
             if i in at:
                 with torch.no_grad():
-                    x0_hat = sampler.denoise(x, sigmas[i])
+                    x0_hat = sampler.denoise(x, sigma)
                     h = candidate_entropies(full.A(x0_hat), groups, len(candidates), s=self.s, kernel=self.kernel)
                 h = torch.where(open_.to(h.device), h, torch.full_like(h, -math.inf))
-                best = int(h.argmax())
-                entropies.append(h)
-                order.append(best)
-                open_[best] = False
-                y = self._measure(measure, candidates[best], y)
-                mask |= candidates[best]
+                for _ in range(at[i]):          # the at[i] highest entropies, one measurement each
+                    best = int(h.argmax())
+                    entropies.append(h.clone())
+                    order.append(best)
+                    open_[best] = False
+                    h[best] = -math.inf
+                    y = self._measure(measure, candidates[best], y)
+                    mask |= candidates[best]
                 physics = physics_for_mask(mask)
                 y_n = y.expand(n, *y.shape[1:])
                 state = sampler.init_state(x, y_n, physics)
             noise = sampler.step_noise(x, generator, sampler.draws_noise(levels[i], levels[i + 1]))
-            x, _ = sampler.step(x, sigmas[i], sigmas[i + 1], noise, y_n, physics, state)
+            with _reused_estimate(sampler, x, sigma, x0_hat):
+                x, _ = sampler.step(x, sigma, sigmas[i + 1], noise, y_n, physics, state)
         self.last_nfe = sampler.network.nfe
         x = x.detach()
         return ActiveResult(mean=x.mean(0, keepdim=True), std=x.std(0, keepdim=True), particles=x, mask=mask,
@@ -245,3 +329,24 @@ class ActiveSubsampling:
             raise ValueError(f"measure returned shape {tuple(new.shape)}, earlier measurements have {tuple(y.shape)}")
         check_finite(new, "measure's result")
         return new if y is None else y + new
+
+
+@contextlib.contextmanager
+def _reused_estimate(sampler: DiffusionSampler, x: torch.Tensor, sigma: torch.Tensor,
+                     x0_hat: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, ``sampler.denoise(x, sigma)`` with this very ``x`` and ``sigma`` returns
+    ``x0_hat`` (the acquisition's Tweedie estimate of the same state) instead of evaluating the
+    network again; other calls (DPS's, on a copy of ``x`` that requires grad) evaluate it."""
+    if x0_hat is None:
+        yield
+        return
+    evaluate = sampler.denoise
+
+    def denoise(x_, sigma_):
+        return x0_hat if x_ is x and sigma_ is sigma else evaluate(x_, sigma_)
+
+    sampler.denoise = denoise
+    try:
+        yield
+    finally:
+        del sampler.denoise
