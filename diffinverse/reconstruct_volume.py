@@ -110,10 +110,10 @@ METHODS = ("mbir", *SAMPLERS, "tv", "adjoint")
 PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}
 """Plane name -> the axis of a ``(D, H, W)`` volume that is cut (axial: along the slices)."""
 PRIORS = {"ct": "ct-ellipses", "mri": "mri-brain"}
-MBIR_DEFAULTS = {"ct": {"lam": 1.0, "rho": 100.0}, "mri": {"lam": 0.01, "rho": 1.0}}
+MBIR_DEFAULTS = {"ct": {"lam": 1.0, "rho": 100.0}, "mri": {"lam": 0.03, "rho": 1.0}}
 """DiffusionMBIR's TV weight and ADMM penalty per modality, on the scaled data (99.5th percentile 1),
-chosen on tuning volumes (``benchmarks/samplers/mbir_results.md``); CT's are for the torch
-projector's units (pixel size 1) at 64 x 64 slices."""
+chosen on tuning volumes at 16 x 64 x 64 (``benchmarks/samplers/mbir_results.md``): CT at 30 views,
+MRI at 4x single-coil; CT's are for the torch projector's units (pixel size 1)."""
 TV_LAMBDA = {"ct": 1.0, "mri": 0.01}
 """The 3-D TV baseline's weight per modality, on the scaled data (the end-to-end tasks' values)."""
 DEMO_SHAPE = (16, 64, 64)
