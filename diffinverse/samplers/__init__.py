@@ -6,6 +6,7 @@
 ``DDS``                Decomposed Diffusion Sampling: CG on the Tweedie estimate (Chung et al., 2024)
 ``DiffusionMBIR``      3-D from a 2-D prior, ADMM-TV across slices (Chung et al., CVPR 2023)
 ``ActiveSubsampling``  Active Diffusion Subsampling: which measurement next (Nolan et al., TMLR 2025)
+``STSL``               second-order Tweedie on a latent diffusion prior (Rout et al., CVPR 2024)
 =====================  ========================================================================
 
 How to add a sampler
@@ -43,13 +44,16 @@ should solve (:mod:`diffinverse.tasks`). ``tests/test_sampler_contract.py`` hold
 this way; ``tests/test_sampler_base.py`` the checks every sampler passes (determinism, NFE count,
 warm start, callback, bad input, layout).
 """
+from .adaptation import Adaptation, AdaptationRecord
 from .ads import ActiveResult, ActiveSubsampling
 from .base import DiffusionSampler, Posterior
 from .dds import DDS
 from .dps import DPS
 from .mbir import DiffusionMBIR
 from .reddiff import REDDiff
+from .stsl import STSL
 from .table import SAMPLERS, SamplerSpec, sampler_spec
 
-__all__ = ["ActiveResult", "ActiveSubsampling", "DDS", "DPS", "DiffusionMBIR", "DiffusionSampler", "Posterior",
-           "REDDiff", "SAMPLERS", "SamplerSpec", "sampler_spec"]
+__all__ = ["ActiveResult", "ActiveSubsampling", "Adaptation", "AdaptationRecord", "DDS", "DPS", "DiffusionMBIR",
+           "DiffusionSampler", "Posterior",
+           "REDDiff", "SAMPLERS", "STSL", "SamplerSpec", "sampler_spec"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from diffinverse.samplers.dds import DDS
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
+from diffinverse.samplers.stsl import STSL
 
 __all__ = ["SAMPLERS", "SamplerSpec", "sampler_spec"]
 
@@ -50,6 +51,13 @@ SAMPLERS: dict[str, SamplerSpec] = {
         summary="data consistency by a few CG steps on the Tweedie estimate, then DDIM (no backpropagation)",
         paper="Chung, Lee & Ye, Decomposed Diffusion Sampler for Accelerating Large-Scale Inverse Problems, "
               "ICLR 2024"),
+    "stsl": SamplerSpec(
+        name="stsl", cls=STSL,
+        options={"zeta": float, "inner_steps": int, "eta": float, "second_order": bool, "num_probes": int,
+                 "probe": str, "kappa": float, "squared_norm": bool, "final_dc_iters": int},
+        summary="latent posterior sampling: K gradient steps per level on the data term plus a Hutchinson "
+                "Hessian-trace term (second-order Tweedie); second_order=False is latent DPS",
+        paper="Rout et al., Beyond First-Order Tweedie: Solving Inverse Problems using Latent Diffusion, CVPR 2024"),
 }
 
 
