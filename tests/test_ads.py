@@ -8,10 +8,15 @@ import deepinv as dinv
 import pytest
 import torch
 
+from diffinverse.operators import CT
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.samplers import DDS, ActiveSubsampling
-from diffinverse.operators import CT
-from diffinverse.samplers.ads import ViewMaskedCT, candidate_entropies, ct_view_candidates, kspace_line_candidates
+from diffinverse.samplers.ads import (
+    ViewMaskedCT,
+    candidate_entropies,
+    ct_view_candidates,
+    kspace_line_candidates,
+)
 
 SHAPE = (1, 4, 4)
 NOISE = 0.01

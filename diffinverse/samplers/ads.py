@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
-
 from deepinv.physics import LinearPhysics
+from tqdm.auto import tqdm
 
 from diffinverse.samplers.base import DiffusionSampler
 from diffinverse.samplers.checks import check_finite, checked_generator
@@ -69,6 +68,10 @@ class ActiveResult:
     measurements: torch.Tensor
 
 
+_ENTROPY_CHUNK = 1 << 22
+"""Entries (particles x measurements) of one float64 block of :func:`candidate_entropies`."""
+
+
 def candidate_entropies(predicted: torch.Tensor, groups: torch.Tensor, num_candidates: int, *, s: float,
                         kernel: Literal["ads", "gmm"] = "ads") -> torch.Tensor:
     """Each candidate's estimated entropy from the particles' predicted measurements.
@@ -90,14 +93,18 @@ def candidate_entropies(predicted: torch.Tensor, groups: torch.Tensor, num_candi
     if groups.shape != predicted.shape[1:]:
         raise ValueError(f"groups has shape {tuple(groups.shape)}, the measurements {tuple(predicted.shape[1:])}")
     n = predicted.shape[0]
-    y = predicted.reshape(n, -1).double()
+    y = predicted.reshape(n, -1)
     gid = groups.reshape(-1).to(y.device)
     keep = gid >= 0
     y, gid = y[:, keep], gid[keep]
-    # d2[i, j, l] = ||P_l (y_i - y_j)||^2, one particle i at a time (memory N x entries)
+    # d2[i, j, l] = ||P_l (y_i - y_j)||^2 in float64, one particle i and a chunk of entries at a
+    # time (memory about N x CHUNK, whatever the measurements' size)
     d2 = torch.zeros(n, n, num_candidates, dtype=torch.float64, device=y.device)
-    for i in range(n):
-        d2[i].index_add_(1, gid, (y[i] - y).square())
+    chunk = max(1, _ENTROPY_CHUNK // n)
+    for start in range(0, y.shape[1], chunk):
+        part, part_gid = y[:, start:start + chunk].double(), gid[start:start + chunk]
+        for i in range(n):
+            d2[i].index_add_(1, part_gid, (part[i] - part).square())
     sign = 1.0 if kernel == "ads" else -1.0
     lse = torch.logsumexp(sign * d2 / (2 * s**2), dim=1)        # (N, L)
     return lse.sum(0) if kernel == "ads" else -lse.mean(0)

@@ -1,0 +1,285 @@
+"""Active acquisition of a fastMRI slice: which phase-encode lines to measure, chosen while sampling.
+
+:func:`active_reconstruct_kspace` runs Active Diffusion Subsampling
+(:class:`~diffinverse.samplers.ads.ActiveSubsampling`) retrospectively on one fully sampled slice:
+``measure(mask)`` reads the chosen lines from the full k-space, so the run is the one a scanner
+callback would drive prospectively. It reuses :mod:`~diffinverse.pipelines.fastmri`'s pieces:
+
+1. **Readout crop** to ``recon_size[0]`` rows (:func:`~diffinverse.pipelines.fastmri.crop_readout`).
+2. **Initial lines**: the fully sampled centre, ``round(W * center_fraction)`` columns placed as
+   fastMRI's mask functions place them; the remaining ``round(W / acceleration)`` minus those are
+   chosen by ADS (one candidate = one phase-encode column, all its readout rows and coils).
+3. **Coil maps** (multi-coil): ESPIRiT from that centre (one map set, the dominant one: the
+   particles are images of one map set; the pipeline's second set, for a field of view that
+   wraps, is not modelled here), with the pipeline's SENSE settings in the forward model.
+4. **Intensity scaling** as the pipeline's: measurements divided by the 99.5th percentile of the
+   centre-only SENSE (single-coil: zero-filled) magnitude, results multiplied back.
+5. **Sampling**: ``num_particles`` particles of the particle sampler (DDS by default, with the
+   pipeline's :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`: a warm start from the
+   centre's SENSE at ``sigma_start``), acquiring lines at evenly spread steps; the image is the
+   magnitude of the particles' mean, ``std`` the standard deviation of their magnitudes.
+
+:func:`save_acquisition_order` draws which line was acquired when, as a PNG.
+
+References:
+    Nolan, Verhaeghe, van Gorp, Wijnen & van Sloun, "Active Diffusion Subsampling", TMLR 2025.
+    Zbontar et al., "fastMRI", 2018 (mask layout, centre fractions).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+
+from diffinverse._io import atomic_output
+from diffinverse.datasets.fastmri import center_crop
+from diffinverse.imaging import from_prior_range, per_item, to_prior_range
+from diffinverse.operators.coils import estimate_coil_maps, rss
+from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels
+from diffinverse.pipelines.fastmri import (
+    SAMPLER_DEFAULTS,
+    SENSE_ITERS,
+    SENSE_LAMBDA,
+    _as_kspace,
+    build_sampler,
+    calibration_width,
+    crop_readout,
+    resolve_start,
+)
+from diffinverse.samplers.ads import ActiveSubsampling, kspace_line_candidates
+
+__all__ = [
+    "ACTIVE_DEFAULTS",
+    "ActiveKspaceReconstruction",
+    "active_reconstruct_kspace",
+    "save_acquisition_order",
+]
+
+ACTIVE_DEFAULTS: Mapping[str, object] = MappingProxyType({
+    "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": (0.0, 0.8)})
+"""The function's defaults: particle sampler (a key of ``SAMPLER_DEFAULTS``), particles, entropy
+kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window."""
+
+
+@dataclass(frozen=True)
+class ActiveKspaceReconstruction:
+    """The result of :func:`active_reconstruct_kspace` for one slice; tensors on the run's device.
+
+    Attributes:
+        image: ``(1, h, w)`` float32 magnitude of the particles' mean, in the k-space's units,
+            centre-cropped to ``recon_size`` (as :class:`~diffinverse.pipelines.fastmri.KspaceReconstruction`).
+        std: ``(1, h, w)`` per-pixel standard deviation of the particles' magnitudes (same units).
+        complex_image: ``(1, 2, 1, h, w)`` the particles' mean, channels (real, imaginary), one map set.
+        baselines: ``{"zero-filled": (1, h, w)}`` (root-sum-of-squares of the coil images of the
+            chosen lines) and, multi-coil, ``"sense"``: the centre's maps' SENSE of the chosen lines.
+        mask: ``(W,)`` float32 0/1 over the phase-encode columns: the chosen mask as fastMRI's
+            challenge files store it (``mask`` dataset).
+        order: the acquired columns in acquisition order (after the initial centre).
+        initial_lines: the centre columns measured before the first step.
+        entropies: ``(len(order), W)`` float64: every column's estimated entropy at every
+            acquisition (``-inf`` where already measured).
+        sampler: the particle sampler's name.
+        nfe: network evaluations of the run (one = one call on all particles).
+    """
+
+    image: torch.Tensor
+    std: torch.Tensor
+    complex_image: torch.Tensor
+    baselines: Mapping[str, torch.Tensor]
+    mask: torch.Tensor
+    order: tuple[int, ...]
+    initial_lines: tuple[int, ...]
+    entropies: torch.Tensor
+    sampler: str
+    nfe: int
+
+    @property
+    def acceleration(self) -> float:
+        """Columns over measured columns."""
+        return self.mask.numel() / float(self.mask.sum())
+
+
+def _magnitudes(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, H, W)`` or ``(B, 2, M, H, W)`` -> ``(B, H, W)``: the modulus over channels and map sets."""
+    return x.square().flatten(1, x.ndim - 3).sum(1).sqrt()
+
+
+def _centre_lines(w: int, n_low: int) -> torch.Tensor:
+    """The ``n_low`` central columns of ``w`` as fastMRI's mask functions place them."""
+    start = (w - n_low + 1) // 2
+    return torch.arange(start, start + n_low)
+
+
+def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prior="mri-brain",
+                              recon_size: tuple[int, int] | None = None, center_fraction: float | None = None,
+                              sampler: str = "dds", num_steps: int | None = None, sigma_start: float | None = None,
+                              cold_start: bool = False, sampler_options: Mapping | None = None,
+                              num_particles: int = 8, kernel: Literal["ads", "gmm"] = "ads", s: float = 0.1,
+                              window: tuple[float, float] = (0.0, 0.8), generator: torch.Generator | None = None,
+                              device: str | torch.device | None = None,
+                              progress: bool = False) -> ActiveKspaceReconstruction:
+    """Choose and reconstruct the lines of one fully sampled slice by ADS; see the module docstring.
+
+    Example:
+        >>> with FastMRIFile("file1000001.h5") as f:
+        ...     k = torch.from_numpy(f.read_kspace(10))                  # (15, 640, 368) complex64
+        >>> rec = active_reconstruct_kspace(k, acceleration=4, recon_size=(320, 320),
+        ...                                 generator=torch.Generator().manual_seed(0))
+        >>> rec.image.shape, rec.mask.shape                               # (1, 320, 320), (368,)
+
+    Args:
+        kspace: one fully sampled slice, centred, fastMRI's layout: complex ``(H, W)``
+            single-coil or ``(C, H, W)`` multi-coil, or the same with a leading slice
+            dimension of 1, or the package's real layouts ``(1, 2, H, W)`` / ``(1, 2, C, H, W)``.
+            Any units; results are in the same.
+        acceleration: ``R``: ``round(W / R)`` columns are measured in all.
+        prior: a 2-channel denoiser, or a shipped prior's name or ``.safetensors`` path.
+        recon_size: ``(h, w)`` reconstruction matrix (readout crop and image crop); default ``(H, W)``.
+        center_fraction: fraction of central columns measured first (default fastMRI's: 0.08 for
+            ``R < 6``, 0.04 otherwise).
+        sampler: the particle sampler, a key of ``SAMPLER_DEFAULTS`` (``"dds"``, ``"reddiff"``, ``"dps"``).
+        num_steps, sigma_start, cold_start, sampler_options: as in
+            :func:`~diffinverse.pipelines.fastmri.reconstruct_kspace` (the warm start is SENSE of
+            the centre lines).
+        num_particles: particles (their disagreement is the entropy), at least 2.
+        kernel, s, window: :class:`~diffinverse.samplers.ads.ActiveSubsampling`'s entropy kernel,
+            its width in the scaled units, and the acquisition window.
+        generator: source of all randomness (on ``device``); the same seed gives the same lines.
+        device: where to compute (default: ``kspace``'s device).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ActiveKspaceReconstruction`.
+
+    Raises:
+        TypeError: ``kspace`` not a complex or floating tensor.
+        ValueError: more than one slice; NaN or infinite k-space; ``acceleration`` not in
+            ``(1, W / (centre lines + 1)]`` (nothing or everything left to choose); a
+            ``recon_size`` larger than the k-space; a centre narrower than 3 columns for
+            multi-coil data (no coil maps); unknown sampler or option; ``warm_start`` other than
+            SENSE; and the sampler's and ADS's own range checks.
+    """
+    device = torch.device(device) if device is not None else (
+        kspace.device if isinstance(kspace, torch.Tensor) else torch.device("cpu"))
+    if isinstance(kspace, torch.Tensor) and kspace.is_complex() and kspace.ndim in (2, 3):
+        kspace = kspace[None] if kspace.ndim == 3 else kspace[None, None]
+    k = _as_kspace(kspace).to(device)
+    if k.shape[0] != 1:
+        raise ValueError(f"active_reconstruct_kspace takes one slice (it chooses each slice's lines), got {k.shape[0]}")
+    H, W = k.shape[-2:]
+    h, w = (H, W) if recon_size is None else (int(recon_size[0]), int(recon_size[1]))
+    if not (0 < h <= H and 0 < w <= W):
+        raise ValueError(f"recon_size {(h, w)} must be positive and fit in the k-space's {(H, W)}")
+    if not (math.isfinite(acceleration) and acceleration > 1):
+        raise ValueError(f"acceleration must be > 1, got {acceleration}")
+    if center_fraction is None:
+        center_fraction = 0.08 if acceleration < 6 else 0.04
+    if not 0 < center_fraction < 1:
+        raise ValueError(f"center_fraction must be in (0, 1), got {center_fraction}")
+    n_low, total = max(1, round(W * center_fraction)), round(W / acceleration)
+    if total <= n_low:
+        raise ValueError(f"acceleration {acceleration} measures {total} of {W} lines, no more than the "
+                         f"{n_low} centre lines: nothing left to choose (lower the acceleration or the centre)")
+    if sampler not in SAMPLER_DEFAULTS:
+        raise ValueError(f"unknown sampler {sampler!r}; the particle samplers: {', '.join(SAMPLER_DEFAULTS)}")
+    if isinstance(prior, str):
+        from diffinverse.priors.checkpoints import load
+
+        with torch.random.fork_rng(devices=[]):   # building the network draws from the global RNG
+            prior = load(prior, device=device).eval()
+    particle_sampler = build_sampler(sampler, prior, num_steps=num_steps, sampler_options=sampler_options,
+                                     progress=False)
+    _, sigma_start = resolve_start(particle_sampler, method=sampler, warm_start=None if cold_start else "sense",
+                                   sigma_start=sigma_start, cold_start=cold_start)
+    particle_sampler.sigma_start = sigma_start
+
+    k = crop_readout(k, h)                                                      # (1, C, h, W)
+    initial_lines = _centre_lines(W, n_low)
+    initial = torch.zeros(h, W, dtype=torch.bool, device=device)
+    initial[:, initial_lines] = True
+    multicoil = k.shape[1] > 1
+    if multicoil:
+        calib = calibration_width(initial.float())
+        if calib < 3:
+            raise ValueError(f"the centre ({n_low} lines) is too small to estimate coil maps; "
+                             "use a larger center_fraction")
+        maps = estimate_coil_maps(k * initial, num_maps=1, calib_width=calib,
+                                  kernel_width=min(6, max(2, calib // 2))).to(device=device, dtype=torch.complex64)
+
+        def physics_for_mask(mask: torch.Tensor, batch: int = num_particles):
+            return MultiCoilMRI(mask.float(), maps.expand(batch, *maps.shape[1:]), cg_iters=SENSE_ITERS,
+                                cg_lambda=SENSE_LAMBDA)
+        data = to_channels(k)                                                   # (1, 2, C, h, W)
+    else:
+        def physics_for_mask(mask: torch.Tensor, batch: int = num_particles):
+            return SingleCoilMRI(mask.float())
+        data = to_channels(k[:, 0])                                             # (1, 2, h, W)
+
+    # the pipeline's scaling, from what the centre alone gives (as a prospective run would)
+    _, scale = to_prior_range(physics_for_mask(initial, 1).A_dagger(data * initial))
+    data = data / per_item(scale, data)
+
+    def measure(mask: torch.Tensor) -> torch.Tensor:
+        return data * mask
+
+    candidates, groups = kspace_line_candidates(tuple(data.shape[1:]))
+    ads = ActiveSubsampling(particle_sampler, budget=total - n_low, num_particles=num_particles, window=window,
+                            kernel=kernel, s=s, progress=progress)
+    out = ads(measure, physics_for_mask, candidates.to(device), initial_mask=initial, groups=groups.to(device),
+              x_shape=(1, 2, h, W), generator=generator)
+
+    particles = from_prior_range(out.particles, scale.expand(num_particles))   # (N, 2, h, W), data units
+    mean = particles.mean(0, keepdim=True)
+    final = out.mask
+    y_c = k * final
+    baselines = {"zero-filled": rss(ifft2c(y_c), dim=1)}
+    if multicoil:
+        baselines["sense"] = _magnitudes(physics_for_mask(final, 1).A_dagger(to_channels(y_c)))
+    crop = lambda t: center_crop(t, (h, w)).float()
+    return ActiveKspaceReconstruction(
+        image=crop(_magnitudes(mean)), std=crop(_magnitudes(particles).std(0, keepdim=True)),
+        complex_image=crop(mean)[:, :, None], baselines=MappingProxyType({n: crop(v) for n, v in baselines.items()}),
+        mask=final[0].float(), order=tuple(out.order), initial_lines=tuple(initial_lines.tolist()),
+        entropies=out.entropies, sampler=sampler, nfe=ads.last_nfe)
+
+
+def save_acquisition_order(path: str | os.PathLike, result: ActiveKspaceReconstruction, *, title: str | None = None,
+                           overwrite: bool = False) -> None:
+    """Write a PNG of the acquisition order (atomically, :func:`~diffinverse._io.atomic_output`).
+
+    One bar per phase-encode column: grey for the initial centre lines, coloured by acquisition
+    step (``1 .. len(order)``, colour bar) for the chosen ones, empty for lines never measured.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    w = result.mask.numel()
+    fig, ax = plt.subplots(figsize=(8, 2.2), dpi=100)
+    try:
+        ax.bar(list(result.initial_lines), [1] * len(result.initial_lines), width=1.0, color="0.6",
+               label="initial centre")
+        cmap = plt.get_cmap("viridis")
+        n = max(len(result.order), 1)
+        colours = [cmap(i / max(n - 1, 1)) for i in range(len(result.order))]
+        ax.bar(list(result.order), [1] * len(result.order), width=1.0, color=colours)
+        mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(1, n), cmap=cmap)
+        fig.colorbar(mappable, ax=ax, label="acquisition")
+        ax.set(xlim=(-0.5, w - 0.5), ylim=(0, 1), yticks=[], xlabel="phase-encode line",
+               title=title or f"ADS: {len(result.order)} lines chosen after {len(result.initial_lines)} "
+                              f"centre lines ({result.acceleration:.1f}x)")
+        ax.legend(loc="upper right", fontsize=7)
+        fig.tight_layout()
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
