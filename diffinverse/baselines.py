@@ -25,6 +25,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from diffinverse.imaging import per_item
+from diffinverse.operators.norm import operator_norm_squared
 from diffinverse.samplers.checks import check_finite, check_x_init
 
 __all__ = ["tv_reconstruction", "tv_objective", "total_variation"]
@@ -88,19 +89,6 @@ def tv_objective(x: torch.Tensor, y: torch.Tensor, physics, lam: float, *,
     """``||A x - y||^2 / 2 + lam TV(x)`` per item, ``(B,)``."""
     data = 0.5 * _sq_norms(physics.A(x) - y)
     return data + lam * total_variation(x, spatial_dims=spatial_dims)
-
-
-def _op_norm_sq(physics, x: torch.Tensor, iters: int) -> float:
-    """``||A||^2`` by power iteration on ``A^T A`` (seeded, local RNG)."""
-    g = torch.Generator().manual_seed(0)
-    v = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
-    v = v / v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        w = physics.A_adjoint(physics.A(v))
-        lam = w.norm().item()
-        v = w / lam
-    return lam
 
 
 def _sq_norms(t: torch.Tensor) -> torch.Tensor:
@@ -207,7 +195,7 @@ def tv_reconstruction(y: torch.Tensor, physics, *, lam: float = 0.01, num_iters:
         check_x_init(x_init, y, physics)
         x = x_init.clone()
     s = _spatial(x, spatial_dims)
-    grad_norm_sq, a_norm_sq = 4.0 * s, _op_norm_sq(physics, x, power_iters)
+    grad_norm_sq, a_norm_sq = 4.0 * s, operator_norm_squared(physics, x, num_iters=power_iters)
     c = max(1.0, (a_norm_sq / grad_norm_sq) ** 0.5)
     lam_c, y_c = lam / c**2, y / c
     # tau = sigma at first (tau sigma ||K||^2 = 0.98 < 1 for convergence), then balanced per item

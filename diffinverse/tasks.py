@@ -22,8 +22,10 @@ settings of each sampler and the margins by which a sampler must beat the baseli
 How the settings were chosen: a small grid search per task on :data:`TUNING_SEED` images (4
 images; ``benchmarks/samplers/tune_end_to_end.py``), then frozen; each margin is about half the
 gain seen while tuning. Warm starts (Come-Closer-Diffuse-Faster) at ``sigma_start`` 0.03-0.5 make
-both samplers good at 10-20 network evaluations. DPS guides with the squared residual norm, whose
-natural step is ``zeta ~ 1 / ||A||^2``. The record of every tuning run and retune is
+both samplers good at 10-20 network evaluations. Step sizes are relative to ``||A||^2`` (DPS's
+``zeta``, RED-Diff's data term, DDS's ``gamma``; :func:`diffinverse.samplers.base.operator_scale`),
+so the settings of different operators are comparable; each sampler's defaults, one setting for
+all tasks, are what a user gets without these. The record of every tuning run and retune is
 ``benchmarks/HISTORY.md``.
 
 Adding a sampler: give it an entry in :data:`diffinverse.samplers.SAMPLERS`, then one entry per
@@ -299,11 +301,11 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.5))),
     _mri_task(8, 4, "random", tv_lam=0.001, margin=(0.3, 0.03), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
+        reddiff=dict(num_steps=40, lam=0.08, lr=0.02, sigma_start=0.3),
         dds=dict(num_steps=40, gamma=10.0, eta=1.0, sigma_start=0.3))),
     _mri_task(8, 8, "equispaced", tv_lam=0.001, margin=(0.3, 0.02), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=40, lam=0.01, lr=0.02, sigma_start=0.3),
+        reddiff=dict(num_steps=40, lam=0.08, lr=0.02, sigma_start=0.3),
         dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.3))),
     _mri_task(1, 8, "random", tv_lam=0.0003, margin=(0.2, 0.03), settings=dict(
         dps=dict(num_steps=20, zeta=0.5, squared_norm=True, sigma_start=0.5),
@@ -315,22 +317,22 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         dds=dict(num_steps=40, gamma=30.0, eta=1.0, sigma_start=0.5))),
     _mri_task(8, 8, "random", tv_lam=0.001, margin=(0.2, 0.03), settings=dict(
         dps=dict(num_steps=20, zeta=0.5, squared_norm=True, sigma_start=0.5),
-        reddiff=dict(num_steps=60, lam=0.01, lr=0.02, sigma_start=0.5),
+        reddiff=dict(num_steps=60, lam=0.08, lr=0.02, sigma_start=0.5),
         dds=dict(num_steps=40, gamma=3.0, eta=1.0, sigma_start=0.3))),
     _mri_task(8, 4, "equispaced", tv_lam=0.001, margin=(0.3, 0.02), settings=dict(
         dps=_DPS_MRI,
-        reddiff=dict(num_steps=100, lam=0.01, lr=0.02, sigma_start=0.15),
+        reddiff=dict(num_steps=100, lam=0.08, lr=0.02, sigma_start=0.15),
         dds=dict(num_steps=40, gamma=3.0, eta=1.0, sigma_start=0.3))),
     _image_task("ct_60_views", partial(_ct, views=60), _sinogram_noise, "FBP", tv_lam=1.0,
                 margin=(0.4, 0.005), settings=dict(
-        dps=dict(num_steps=60, zeta=2.7e-4, squared_norm=True, sigma_start=0.05),
-        reddiff=dict(num_steps=60, lam=1000.0, lr=0.003, sigma_start=0.03),
-        dds=dict(num_steps=60, gamma=0.001, eta=1.0, sigma_start=0.05))),
+        dps=dict(num_steps=60, zeta=1.0, squared_norm=True, sigma_start=0.05),
+        reddiff=dict(num_steps=60, lam=0.36, lr=0.003, sigma_start=0.03),
+        dds=dict(num_steps=60, gamma=3.7, eta=1.0, sigma_start=0.05))),
     _image_task("ct_30_views", partial(_ct, views=30), _sinogram_noise, "FBP", tv_lam=1.0,
                 margin=(0.3, 0.005), settings=dict(
-        dps=dict(num_steps=60, zeta=5.4e-4, squared_norm=True, sigma_start=0.05),
-        reddiff=dict(num_steps=60, lam=3000.0, lr=0.002, sigma_start=0.03),
-        dds=dict(num_steps=60, gamma=0.003, eta=1.0, sigma_start=0.05))),
+        dps=dict(num_steps=60, zeta=1.0, squared_norm=True, sigma_start=0.05),
+        reddiff=dict(num_steps=60, lam=1.1, lr=0.002, sigma_start=0.03),
+        dds=dict(num_steps=60, gamma=5.6, eta=1.0, sigma_start=0.05))),
     _image_task("deblur_gaussian", _deblur, _white_noise, "Tikhonov", tv_lam=0.001,
                 margin=(0.05, 0.005), settings=dict(
         dps=dict(num_steps=60, zeta=0.5, squared_norm=True, sigma_start=0.05),
@@ -342,9 +344,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
         reddiff=dict(num_steps=200, lam=3.0, lr=0.01, sigma_start=0.2))),
     _image_task("superres_4x", _superres, _white_noise, "pseudo-inverse", tv_lam=0.001,
                 margin=(0.2, 0.01), settings=dict(
-        dps=dict(num_steps=60, zeta=2.5, squared_norm=True, sigma_start=0.25),
-        reddiff=dict(num_steps=120, lam=4.0, lr=0.002, sigma_start=0.05),
-        dds=dict(num_steps=60, gamma=1.0, eta=1.0, sigma_start=0.05))),
+        dps=dict(num_steps=60, zeta=0.17, squared_norm=True, sigma_start=0.25),
+        reddiff=dict(num_steps=120, lam=3.7, lr=0.002, sigma_start=0.05),
+        dds=dict(num_steps=60, gamma=0.067, eta=1.0, sigma_start=0.05))),
 )}
 """The thirteen end-to-end tasks by name, in the order the benchmarks' tables list them."""
 

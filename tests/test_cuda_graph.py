@@ -21,8 +21,8 @@ from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-SAMPLERS = {"DPS": lambda net, **kw: DPS(net, zeta=1.0, progress=False, **kw),
-            "REDDiff": lambda net, **kw: REDDiff(net, progress=False, **kw)}
+SAMPLERS = {"DPS": lambda net, **kw: DPS(net, zeta=1.0, progress=False, **kw, sigma_start=None, squared_norm=False),
+            "REDDiff": lambda net, **kw: REDDiff(net, progress=False, **kw, sigma_start=None)}
 
 
 def _unet(device="cpu") -> UNet:
@@ -54,7 +54,7 @@ def _gen(seed: int) -> torch.Generator:
 def test_refused_where_it_cannot_work():
     net = _unet()
     with pytest.raises(ValueError, match="compile or cuda_graph, not both"):
-        REDDiff(net, num_steps=4, compile=True, cuda_graph=True)
+        REDDiff(net, num_steps=4, compile=True, cuda_graph=True, sigma_start=None)
     with pytest.raises(ValueError, match="warmup >= 1"):
         StepGraphs(warmup=0)
     physics, y = _mri(16, 1, "cpu")
@@ -69,7 +69,7 @@ def test_when_a_capture_is_reused():
     what each call copies in afresh."""
     net = _unet()
     physics, y = _mri(16, 2, "cpu")
-    sampler = DPS(net, num_steps=4, progress=False)
+    sampler = DPS(net, num_steps=4, progress=False, sigma_start=None, squared_norm=False)
 
     def key(s=sampler, phys=physics, meas=y):
         x = phys.A_adjoint(meas)
@@ -212,8 +212,8 @@ def test_a_cpu_generator_gives_the_eager_draws():
     dev = torch.device("cuda")
     net = _unet(dev)
     physics, y = _mri(32, 2, dev)
-    a = DPS(net, num_steps=6, progress=False)(y, physics, generator=torch.Generator().manual_seed(0))
-    b = DPS(net, num_steps=6, progress=False, cuda_graph=True)(y, physics, generator=torch.Generator().manual_seed(0))
+    a = DPS(net, num_steps=6, progress=False, sigma_start=None, squared_norm=False)(y, physics, generator=torch.Generator().manual_seed(0))
+    b = DPS(net, num_steps=6, progress=False, cuda_graph=True, sigma_start=None, squared_norm=False)(y, physics, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
@@ -287,7 +287,7 @@ def test_a_physics_that_cannot_be_captured_is_named():
     net = _unet(dev)
     y = torch.rand(1, 2, 16, 16, device=dev)
     with pytest.raises(RuntimeError, match="could not capture a step of DPS with _Synchronising"):
-        DPS(net, num_steps=4, progress=False, cuda_graph=True)(y, _Synchronising(), generator=_gen(0))
+        DPS(net, num_steps=4, progress=False, cuda_graph=True, sigma_start=None, squared_norm=False)(y, _Synchronising(), generator=_gen(0))
     # the failed capture leaves the device usable
-    x = DPS(net, num_steps=4, progress=False)(y, _Synchronising(), generator=_gen(0))
+    x = DPS(net, num_steps=4, progress=False, sigma_start=None, squared_norm=False)(y, _Synchronising(), generator=_gen(0))
     assert torch.isfinite(x).all()

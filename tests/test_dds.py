@@ -41,7 +41,7 @@ def test_noiseless_full_rank_gives_exact_solution(kwargs):
                                         std_range=(0.1, 0.5), sigma_max=20.0)
     physics, _ = _full_rank_physics()
     x0 = prior.sample(4, generator=torch.Generator().manual_seed(6))
-    x = DDS(prior, num_steps=20, progress=False, **kwargs)(physics.A(x0), physics,
+    x = DDS(prior, num_steps=20, progress=False, **kwargs, sigma_start=None)(physics.A(x0), physics,
                                                           generator=torch.Generator().manual_seed(7))
     rel = ((x - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).max().item()
     assert rel <= 1e-4, rel   # measured: 5e-7 (cg), 1e-5 (projection)
@@ -55,7 +55,7 @@ def test_dds_mean_near_the_exact_posterior_mean_and_fits_the_data():
     physics = _inpainting()
     _, y = _measure(prior, physics, seed=1)
     post = prior.posterior(y.double(), physics, NOISE)
-    out = DDS(prior, num_steps=50, gamma=1 / (2 * NOISE**2) / 10, progress=False).posterior(
+    out = DDS(prior, num_steps=50, gamma=1 / (2 * NOISE**2) / 10, progress=False, sigma_start=None).posterior(
         y, physics, num_samples=200, generator=torch.Generator().manual_seed(2))
     exact = post.mean().float().reshape(SHAPE)
     prior_mean = (prior.weights[:, None] * prior.means).sum(0).float().reshape(SHAPE)
@@ -70,8 +70,8 @@ def test_bad_settings_and_a_nonlinear_physics_are_refused():
     for bad in ({"gamma": 0.0}, {"gamma": float("nan")}, {"cg_iters": 0}, {"eta": 1.5},
                 {"data_consistency": "admm"}):
         with pytest.raises(ValueError):
-            DDS(prior, **bad)
+            DDS(prior, **bad, sigma_start=None)
     nonlinear = dinv.physics.Physics(A=lambda x: x.square())
     y = torch.ones(1, *SHAPE)
     with pytest.raises(TypeError, match="linear physics"):
-        DDS(prior, num_steps=4, progress=False)(y, nonlinear, x_shape=(1, *SHAPE))
+        DDS(prior, num_steps=4, progress=False, sigma_start=None)(y, nonlinear, x_shape=(1, *SHAPE))

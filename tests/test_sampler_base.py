@@ -10,8 +10,9 @@ import torch
 from diffinverse.priors.base import Prior, sigma_like
 from diffinverse.priors.gmm import GaussianMixturePrior
 from diffinverse.priors.schedules import karras, ve_geometric
-from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad
+from diffinverse.samplers.base import DiffusionSampler, Posterior, data_fidelity_grad, operator_scale
 from diffinverse.samplers.network import in_layout
+from diffinverse.samplers.data_consistency import tikhonov_start
 from diffinverse.samplers.dds import DDS
 from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
@@ -43,9 +44,10 @@ def problem(prior):
 
 
 SAMPLERS = {
-    "dps": lambda p, **kw: DPS(p, zeta=0.3, progress=False, **kw),
-    "reddiff": lambda p, **kw: REDDiff(p, lr=0.05, progress=False, **kw),
-    "dds": lambda p, **kw: DDS(p, gamma=2.0, progress=False, **kw),
+    # cold starts by default (the shared checks are about the machinery, not the defaults)
+    "dps": lambda p, **kw: DPS(p, zeta=0.3, squared_norm=False, progress=False, **{"sigma_start": None, **kw}),
+    "reddiff": lambda p, **kw: REDDiff(p, lr=0.05, progress=False, **{"sigma_start": None, **kw}),
+    "dds": lambda p, **kw: DDS(p, gamma=2.0, progress=False, **{"sigma_start": None, **kw}),
     # the example of "how to add a sampler" (tests/test_sampler_contract.py) passes the same checks
     "tweedie": lambda p, **kw: TweedieGuided(p, step_size=0.5, progress=False, **kw),
 }
@@ -161,19 +163,20 @@ def test_warm_start_starts_at_sigma_start_with_fewer_nfe(name, prior, problem):
 
 
 def test_warm_start_uses_x_init(prior, problem):
-    """Starting at a tiny sigma from the truth, DPS stays at the truth; from A_dagger(y) it does not."""
+    """Starting at a tiny sigma from the truth, DPS stays at the truth; without x_init, at the default
+    warm start (Tikhonov by CG)."""
     physics, x0, y = problem
-    sampler = DPS(prior, num_steps=40, zeta=0.0, progress=False)
+    sampler = DPS(prior, num_steps=40, zeta=0.0, progress=False, sigma_start=None, squared_norm=False)
     g = torch.Generator().manual_seed(0)
     x = sampler(y, physics, generator=g, x_init=x0, sigma_start=1e-3)
     assert (x - x0).abs().max().item() < 1e-2
-    x = sampler(y, physics, generator=g, sigma_start=1e-3)  # default x_init = A_dagger(y)
-    assert (x - physics.A_dagger(y)).abs().max().item() < 1e-2
+    x = sampler(y, physics, generator=g, sigma_start=1e-3)  # default x_init: Tikhonov by CG
+    assert (x - tikhonov_start(y, physics)).abs().max().item() < 1e-2
 
 
 def test_warm_start_errors(prior, problem):
     physics, x0, y = problem
-    sampler = DPS(prior, num_steps=10, progress=False)
+    sampler = DPS(prior, num_steps=10, progress=False, sigma_start=None, squared_norm=False)
     with pytest.raises(ValueError, match="give sigma_start"):
         sampler(y, physics, x_init=x0)
     with pytest.raises(ValueError, match=r"sigma_start must be in \(0, 20\]"):
@@ -181,7 +184,7 @@ def test_warm_start_errors(prior, problem):
     with pytest.raises(ValueError, match="batch size"):
         sampler(y, physics, x_init=x0[:1], sigma_start=0.5)
     # RED-Diff's x_init is its starting mu: allowed without a warm start
-    out = REDDiff(prior, num_steps=3, progress=False)(y, physics, x_init=x0)
+    out = REDDiff(prior, num_steps=3, progress=False, sigma_start=None)(y, physics, x_init=x0)
     assert out.shape == x0.shape
 
 
@@ -218,7 +221,7 @@ def test_posterior_batched_agrees_with_sequential(prior, problem):
     """posterior() in one batch vs one sample at a time (max_batch=1 is N sequential runs):
     same shapes, the item order is kept, and the moments agree statistically."""
     physics, _, y = problem
-    sampler = DPS(prior, num_steps=20, zeta=0.3, progress=False)
+    sampler = DPS(prior, num_steps=20, zeta=0.3, progress=False, sigma_start=None, squared_norm=False)
     batched = sampler.posterior(y, physics, num_samples=400, generator=torch.Generator().manual_seed(5))
     seq = sampler.posterior(y[:1], physics, num_samples=50, max_batch=1,
                             generator=torch.Generator().manual_seed(6))
@@ -246,7 +249,7 @@ def test_posterior_per_item_physics(prior):
     physics = dinv.physics.Inpainting(img_size=SHAPE, mask=masks)
     x0 = prior.sample(2, generator=torch.Generator().manual_seed(0))
     y = physics.A(x0)
-    sampler = REDDiff(prior, num_steps=5, progress=False)
+    sampler = REDDiff(prior, num_steps=5, progress=False, sigma_start=None)
     with pytest.raises(ValueError, match="physics_for_batch"):
         sampler.posterior(y, physics, num_samples=3)
 
@@ -271,30 +274,30 @@ def test_posterior_dataclass():
 
 def test_schedule_options(prior):
     grid = torch.tensor([3.0, 1.0, 0.1, 0.0], dtype=torch.float64)
-    sampler = DPS(prior, schedule=grid, progress=False)
+    sampler = DPS(prior, schedule=grid, progress=False, sigma_start=None, squared_norm=False)
     assert sampler.sigmas.dtype == torch.float64 and torch.equal(sampler.sigmas, grid)
     assert torch.equal(sampler.schedule_for(0.5), torch.tensor([0.5, 0.1, 0.0], dtype=torch.float64))
-    geo = DPS(prior, num_steps=7, schedule=ve_geometric, sigma_max=5.0, progress=False)
+    geo = DPS(prior, num_steps=7, schedule=ve_geometric, sigma_max=5.0, progress=False, sigma_start=None, squared_norm=False)
     assert torch.allclose(geo.sigmas, ve_geometric(7, prior.sigma_min, 5.0))
     with pytest.raises(ValueError, match="strictly decreasing"):
-        DPS(prior, schedule=torch.tensor([1.0, 2.0, 0.0]))
+        DPS(prior, schedule=torch.tensor([1.0, 2.0, 0.0]), sigma_start=None, squared_norm=False)
     with pytest.raises(ValueError, match="final 0"):
-        DPS(prior, schedule=torch.tensor([2.0, 1.0]))
+        DPS(prior, schedule=torch.tensor([2.0, 1.0]), sigma_start=None, squared_norm=False)
     with pytest.raises(TypeError, match="schedule must be"):
-        DPS(prior, schedule="karras")
+        DPS(prior, schedule="karras", sigma_start=None, squared_norm=False)
     with pytest.raises(ValueError, match="weighting must be one of"):
-        REDDiff(prior, weighting="log")
+        REDDiff(prior, weighting="log", sigma_start=None)
     with pytest.raises(ValueError, match="num_samples"):
-        DPS(prior, progress=False).posterior(torch.zeros(1, *SHAPE), dinv.physics.Denoising(), num_samples=0)
+        DPS(prior, progress=False, sigma_start=None, squared_norm=False).posterior(torch.zeros(1, *SHAPE), dinv.physics.Denoising(), num_samples=0)
 
 
 def test_dps_refuses_inference_mode(prior, problem):
     physics, _, y = problem
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
-        DPS(prior, num_steps=3, progress=False)(y, physics)
+        DPS(prior, num_steps=3, progress=False, sigma_start=None, squared_norm=False)(y, physics)
     # under no_grad it still works: gradients are enabled where the guidance needs them
     with torch.no_grad():
-        x = DPS(prior, num_steps=3, zeta=0.3, progress=False)(y, physics, generator=torch.Generator().manual_seed(0))
+        x = DPS(prior, num_steps=3, zeta=0.3, progress=False, sigma_start=None, squared_norm=False)(y, physics, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
 
 
@@ -319,7 +322,7 @@ def test_dps_linear_and_generic_physics_agree(prior, problem):
     """The same operator as LinearPhysics (adjoint) and as plain Physics (autograd): same sampler."""
     physics, _, y = problem
     generic = dinv.physics.Physics(A=physics.A)
-    sampler = DPS(prior, num_steps=20, zeta=0.3, progress=False)
+    sampler = DPS(prior, num_steps=20, zeta=0.3, progress=False, sigma_start=None, squared_norm=False)
     a = sampler(y, physics, generator=torch.Generator().manual_seed(0))
     b = sampler(y, generic, generator=torch.Generator().manual_seed(0), x_shape=y.shape)
     assert torch.allclose(a, b, atol=1e-4)
@@ -348,7 +351,7 @@ def test_a_setting_changed_between_calls_reaches_the_next_call(name, prior, prob
 
 def test_reddiff_weightings_differ_and_stay_finite(prior, problem):
     physics, _, y = problem
-    outs = {w: REDDiff(prior, num_steps=20, weighting=w, progress=False)(
+    outs = {w: REDDiff(prior, num_steps=20, weighting=w, progress=False, sigma_start=None)(
         y, physics, generator=torch.Generator().manual_seed(0)) for w in ("linear", "sqrt", "square", "const")}
     assert all(torch.isfinite(o).all() for o in outs.values())
     assert not torch.equal(outs["linear"], outs["const"])
@@ -360,21 +363,21 @@ def test_reddiff_update_is_adam_on_the_stated_gradient(prior, problem, as_nonlin
     """RED-Diff's in-place Adam equals torch.optim.Adam fed the module docstring's gradient, both
     through its normal-operator path (linear physics) and by autograd (the same A seen as nonlinear)."""
     physics, _, y = problem
-    sampler = REDDiff(prior, num_steps=8, lam=0.5, lr=0.05, progress=False)
+    sampler = REDDiff(prior, num_steps=8, lam=0.5, lr=0.05, progress=False, sigma_start=None)
     seen_by_sampler = dinv.physics.Physics(A=physics.A) if as_nonlinear else physics
-    out = sampler(y, seen_by_sampler, generator=torch.Generator().manual_seed(3),
-                  x_init=physics.A_dagger(y) if as_nonlinear else None)
+    out = sampler(y, seen_by_sampler, generator=torch.Generator().manual_seed(3), x_init=physics.A_dagger(y))
 
     mu = physics.A_dagger(y).clone().requires_grad_(True)
     adam = torch.optim.Adam([mu], lr=0.05, betas=(0.9, 0.99), eps=1e-8)
     g = torch.Generator().manual_seed(3)
-    m, d = y[0].numel(), mu[0].numel()
+    scale = operator_scale(seen_by_sampler, mu)   # ||A||^2: 1 for this mask (and for a nonlinear physics)
+    assert scale == pytest.approx(1.0)
     for sigma in sampler.sigmas[:-1].tolist():
         eps = torch.randn(mu.shape, generator=g)
         with torch.no_grad():
             x0_hat = prior(mu + sigma * eps, sigma)
             # lam * w(sigma) / sigma = lam = 0.5 for the default linear weighting w(sigma) = sigma
-            mu.grad = physics.A_adjoint(physics.A(mu) - y) / m + 0.5 * (mu - x0_hat) / d
+            mu.grad = physics.A_adjoint(physics.A(mu) - y) / scale + 0.5 * (mu - x0_hat)
         adam.step()
     torch.testing.assert_close(out, mu.detach(), rtol=1e-5, atol=1e-6)
 
@@ -391,7 +394,7 @@ def test_reddiff_with_non_contiguous_operator_outputs(prior, problem):
     plain = dinv.physics.LinearPhysics(A=lambda x: x * mask, A_adjoint=lambda v: v * mask)
     strided = dinv.physics.LinearPhysics(A=lambda x: x * mask, A_adjoint=lambda v: transposed_in_memory(v * mask))
     assert not strided.A_adjoint(y).is_contiguous()
-    sampler = REDDiff(prior, num_steps=8, lam=0.5, lr=0.05, progress=False)
+    sampler = REDDiff(prior, num_steps=8, lam=0.5, lr=0.05, progress=False, sigma_start=None)
     x_init = y.clone() + 0.1
     want = sampler(y, plain, generator=torch.Generator().manual_seed(6), x_init=x_init, sigma_start=5.0)
     for phys, start in ((strided, x_init), (plain, transposed_in_memory(x_init))):
@@ -407,8 +410,8 @@ def test_reddiff_with_an_identity_physics_leaves_its_state_alone(prior):
     identity = dinv.physics.LinearPhysics(A=lambda x: x, A_adjoint=lambda y: y)
     mu = torch.zeros(2, *SHAPE)
     assert identity.A_adjoint_A(mu) is mu  # the aliasing this test is about
-    sampler = REDDiff(prior, num_steps=6, lam=0.5, lr=0.05, progress=False)
-    linear = sampler(y, identity, generator=torch.Generator().manual_seed(5))
+    sampler = REDDiff(prior, num_steps=6, lam=0.5, lr=0.05, progress=False, sigma_start=None)
+    linear = sampler(y, identity, generator=torch.Generator().manual_seed(5), x_init=y.clone())
     by_autograd = sampler(y, dinv.physics.Physics(A=lambda x: x), generator=torch.Generator().manual_seed(5),
                           x_init=y.clone())
     torch.testing.assert_close(linear, by_autograd, rtol=1e-5, atol=1e-6)
@@ -435,13 +438,13 @@ def test_autocast_runs_the_network_in_bf16():
     outs = {}
     for flag in (False, True):
         seen.clear()
-        outs[flag] = REDDiff(net, num_steps=5, autocast=flag, progress=False)(
+        outs[flag] = REDDiff(net, num_steps=5, autocast=flag, progress=False, sigma_start=None)(
             y, physics, generator=torch.Generator().manual_seed(0))
         assert set(seen) == {torch.bfloat16 if flag else torch.float32}
     assert outs[True].dtype == torch.float32
     assert torch.allclose(outs[True], outs[False], atol=0.05) and not torch.equal(outs[True], outs[False])
     # bf16 runs are reproducible from the seed too
-    again = REDDiff(net, num_steps=5, autocast=True, progress=False)(
+    again = REDDiff(net, num_steps=5, autocast=True, progress=False, sigma_start=None)(
         y, physics, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, outs[True])
 
@@ -514,8 +517,8 @@ def test_compile_option_wraps_the_network_with_torch_compile():
     net = _SmallUNetLike()
     physics = dinv.physics.Inpainting(img_size=(2, 8, 8), mask=torch.ones(2, 8, 8))
     y = physics.A(torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(1)))
-    plain = DPS(net, num_steps=4, zeta=0.3, progress=False)
-    compiled = DPS(net, num_steps=4, zeta=0.3, progress=False, compile={"backend": "eager"})
+    plain = DPS(net, num_steps=4, zeta=0.3, progress=False, sigma_start=None, squared_norm=False)
+    compiled = DPS(net, num_steps=4, zeta=0.3, progress=False, compile={"backend": "eager"}, sigma_start=None, squared_norm=False)
     assert compiled.network._denoise is not net and compiled.prior is net
     a = plain(y, physics, generator=torch.Generator().manual_seed(0))
     b = compiled(y, physics, generator=torch.Generator().manual_seed(0))

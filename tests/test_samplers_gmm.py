@@ -66,7 +66,7 @@ def test_dps_moments_close_to_exact_posterior(which):
     physics = _inpainting()
     _, y = _measure(prior, physics, seed=1)
     post = prior.posterior(y.double(), physics, NOISE)
-    sampler = DPS(prior, num_steps=50, zeta=0.3, progress=False)
+    sampler = DPS(prior, num_steps=50, zeta=0.3, progress=False, sigma_start=None, squared_norm=False)
     samples = sampler.posterior(y, physics, num_samples=600, generator=torch.Generator().manual_seed(2)).samples
     err_mean, err_cov = _moment_errors(samples[:, 0], post.mean(), post.cov())
     prior_mean, prior_cov = prior.mixture.mean(), prior.mixture.cov()
@@ -88,7 +88,7 @@ def test_dps_finds_both_modes_with_their_weights():
     _, y = _measure(prior, physics, seed=1)
     post = prior.posterior(y.double(), physics, NOISE)
     assert torch.allclose(post.weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
-    samples = DPS(prior, num_steps=50, zeta=0.3, progress=False).posterior(
+    samples = DPS(prior, num_steps=50, zeta=0.3, progress=False, sigma_start=None, squared_norm=False).posterior(
         y, physics, num_samples=600, generator=torch.Generator().manual_seed(3)).samples
     nearest = torch.cdist(samples[:, 0].reshape(600, -1).double(), post.means).argmin(1)
     frac = (nearest == 0).double().mean().item()
@@ -107,7 +107,7 @@ def test_reddiff_lands_near_a_posterior_mode():
     _, y = _measure(prior, physics, seed=1)
     post = prior.posterior(y.double(), physics, NOISE)
     sep = (post.means[0] - post.means[1]).norm().item()
-    sampler = REDDiff(prior, num_steps=300, lr=0.05, progress=False)
+    sampler = REDDiff(prior, num_steps=300, lr=0.05, progress=False, sigma_start=None)
     out = sampler.posterior(y, physics, num_samples=64, generator=torch.Generator().manual_seed(4)).samples[:, 0]
     flat = out.reshape(64, -1).double()
     to_mode = torch.cdist(flat, post.means).min(1).values
@@ -135,8 +135,8 @@ def _full_rank_physics(seed=0):
 
 
 @pytest.mark.parametrize("make", [
-    lambda p: DPS(p, num_steps=100, zeta=0.4, squared_norm=True, progress=False),
-    lambda p: REDDiff(p, num_steps=300, lr=0.05, progress=False),
+    lambda p: DPS(p, num_steps=100, zeta=0.4, squared_norm=True, progress=False, sigma_start=None),
+    lambda p: REDDiff(p, num_steps=300, lr=0.05, progress=False, sigma_start=None),
 ], ids=["dps", "reddiff"])
 def test_noiseless_full_rank_gives_exact_solution(make):
     """noise_sigma = 0 and A invertible: the posterior is a point mass at A^{-1} y."""
@@ -162,7 +162,7 @@ def test_dps_plain_norm_is_limited_by_zeta_when_noiseless():
     y = physics.A(x0)
     errs = {}
     for sq in (False, True):
-        x = DPS(prior, num_steps=100, zeta=0.4, squared_norm=sq, progress=False)(
+        x = DPS(prior, num_steps=100, zeta=0.4, squared_norm=sq, progress=False, sigma_start=None)(
             y, physics, generator=torch.Generator().manual_seed(7))
         errs[sq] = ((x - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).max().item()
     assert errs[True] * 10 < errs[False], errs
@@ -176,8 +176,8 @@ def test_dps_nonlinear_physics_noiseless():
     x0 = prior.sample(2, generator=torch.Generator().manual_seed(6))
     y = physics.A(x0)
     with pytest.raises(ValueError, match="x_init or x_shape"):
-        DPS(prior, num_steps=5, progress=False)(y, physics)
-    x = DPS(prior, num_steps=100, zeta=0.2, squared_norm=True, progress=False)(
+        DPS(prior, num_steps=5, progress=False, sigma_start=None, squared_norm=False)(y, physics)
+    x = DPS(prior, num_steps=100, zeta=0.2, squared_norm=True, progress=False, sigma_start=None)(
         y, physics, generator=torch.Generator().manual_seed(7), x_shape=x0.shape)
     rel = ((x - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).max().item()
     assert rel <= 1e-2, rel

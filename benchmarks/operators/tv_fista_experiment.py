@@ -33,6 +33,7 @@ from diffinverse import baselines as bl
 from diffinverse.baselines import _grad, _grad_adjoint, _magnitude, _norms, _sq_norms
 from diffinverse.imaging import per_item as _per_item
 from diffinverse.operators import MultiCoilMRI
+from diffinverse.operators.norm import operator_norm_squared
 from diffinverse.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samplers"))
@@ -55,7 +56,7 @@ def fista(y, physics, lam, iters, report):
     """FISTA on ``||A x - y||^2 / 2 + lam TV(x)``; calls ``report(k, x, stationarity, prox_gap)`` every 40."""
     x = physics.A_adjoint(y)
     x = _per_item(_sq_norms(x) / _sq_norms(physics.A(x)).clamp_min(1e-30), x) * x   # PDHG's start
-    s, lip = x.ndim - 2, bl._op_norm_sq(physics, x, 30)
+    s, lip = x.ndim - 2, operator_norm_squared(physics, x)
     aty = physics.A_adjoint(y)
     q, x_acc, t = x.new_zeros((s, *x.shape)), x, torch.ones(x.shape[0])
     for k in range(iters):

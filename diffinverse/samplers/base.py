@@ -15,8 +15,16 @@ and batching of several samples in :mod:`~diffinverse.samplers.posterior`.
 The loop runs over a float64 grid of noise levels (VE convention, decreasing, last entry 0):
 step ``i`` takes the state from ``sigmas[i]`` to ``sigmas[i + 1]``. Warm start
 (Come-Closer-Diffuse-Faster): with ``sigma_start`` set, the reverse diffusion begins at
-``sigma_start`` from ``x_init + sigma_start * n`` (``x_init`` defaults to ``physics.A_dagger(y)``,
-e.g. SENSE for MRI, FBP for CT) and runs only the part of the grid below ``sigma_start``.
+``sigma_start`` from ``x_init + sigma_start * n`` and runs only the part of the grid below
+``sigma_start``. ``x_init`` defaults to a regularised reconstruction, Tikhonov by CG
+(:func:`~diffinverse.samplers.data_consistency.tikhonov_start`), for a linear physics, and to
+``physics.A_dagger(y)`` for any other.
+
+Scale: step sizes that multiply ``A^H A`` are given relative to ``||A||^2``
+(:func:`operator_scale`), so that one setting means the same on a CT projector (``||A||^2`` in
+the thousands), a 4x super-resolution (1/16) and an orthonormal MRI operator (1). Divergence:
+a run whose last state is not finite, or exceeds ``DIVERGENCE_FACTOR`` times the larger of 1 and
+the initial state's largest magnitude, raises ``FloatingPointError`` naming the sampler's step size.
 
 How to add a sampler: see the :mod:`diffinverse.samplers` package docstring.
 
@@ -38,11 +46,18 @@ from tqdm.auto import tqdm
 from diffinverse.priors.schedules import karras
 from diffinverse.samplers.checks import (all_finite, check_batch, check_physics, check_x_init, checked_generator,
                                          state_like)
+from diffinverse.operators.norm import operator_norm_squared
 from diffinverse.samplers.cuda_graph import StepGraphs
+from diffinverse.samplers.data_consistency import tikhonov_start
 from diffinverse.samplers.network import NetworkCall, in_layout
 from diffinverse.samplers.posterior import Posterior, sample_posterior
 
-__all__ = ["DiffusionSampler", "Posterior", "data_fidelity_grad", "randn"]
+__all__ = ["DiffusionSampler", "Posterior", "DIVERGENCE_FACTOR", "data_fidelity_grad", "default_start", "operator_scale",
+           "randn"]
+
+DIVERGENCE_FACTOR = 100.0
+"""A last state larger than this many times ``max(1, max |x| of the initial state)`` has diverged
+(priors work on images whose magnitude is about 1)."""
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
@@ -55,6 +70,25 @@ def randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator |
     """
     device = generator.device if generator is not None else like.device
     return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
+def default_start(y: torch.Tensor, physics) -> torch.Tensor:
+    """The samplers' default warm start: Tikhonov by CG
+    (:func:`~diffinverse.samplers.data_consistency.tikhonov_start`) for a linear physics,
+    ``physics.A_dagger(y)`` for any other; detached."""
+    start = tikhonov_start(y, physics) if isinstance(physics, LinearPhysics) else physics.A_dagger(y)
+    return start.detach()
+
+
+def operator_scale(physics, like: torch.Tensor) -> float:
+    """``||A||^2`` of a linear physics (:func:`~diffinverse.operators.operator_norm_squared`,
+    at ``like``'s shape), 1 for any other; the unit in which the samplers' step sizes are given."""
+    if not isinstance(physics, LinearPhysics):
+        return 1.0
+    scale = operator_norm_squared(physics, like)
+    if not scale > 0:
+        raise ValueError("the physics is the zero operator (||A|| = 0): there is nothing to reconstruct from")
+    return scale
 
 
 def data_fidelity_grad(x: torch.Tensor, y: torch.Tensor, physics) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +157,8 @@ class DiffusionSampler:
 
     supports_cuda_graph: ClassVar[bool] = False
     noise_draws: ClassVar[int] = 1
+    step_size_hint: ClassVar[str] = "the step size"
+    """What to lower when a run diverges (named in the ``FloatingPointError``)."""
 
     def __init__(self, prior, *, num_steps: int = 100,
                  schedule: Callable[..., torch.Tensor] | torch.Tensor = karras,
@@ -195,7 +231,8 @@ class DiffusionSampler:
 
     def init_state(self, x: torch.Tensor, y: torch.Tensor, physics) -> dict[str, torch.Tensor | None] | None:
         """Per-run state handed to every :meth:`step` (default ``None``): ``None`` or a dict of
-        tensors (or ``None`` values), updated in place by the steps."""
+        tensors (or ``None`` values), updated in place by the steps. A sampler without
+        ``supports_cuda_graph`` may keep other values in it (e.g. Python numbers)."""
         return None
 
     def finalize(self, x: torch.Tensor, state: Any):
@@ -258,7 +295,9 @@ class DiffusionSampler:
                 never used). The same seed on the same device gives the same result. On a GPU pass
                 a generator on that device (``torch.Generator("cuda")``): a CPU generator's noise is
                 drawn on the host and copied every step.
-            x_init: warm-start image, shaped like ``x``; default ``physics.A_dagger(y)``.
+            x_init: warm-start image, shaped like ``x``; default Tikhonov by CG
+                (:func:`~diffinverse.samplers.data_consistency.tikhonov_start`) for a linear
+                physics, ``physics.A_dagger(y)`` for any other.
             sigma_start: warm-start noise level; default the one given at construction
                 (``None``: cold start).
             x_shape: shape of ``x``, needed only for a nonlinear physics without ``A_adjoint``
@@ -276,7 +315,9 @@ class DiffusionSampler:
                 earlier, e.g. in ``A_dagger``), ``x_init`` is not shaped like ``A^H y`` (linear
                 physics) or has another batch size than ``y``, ``x_shape`` is not the initial
                 state's shape, or (from the prior) the state's dtype or device is not the network's.
-            FloatingPointError: if the last state is not finite (the iteration diverged).
+            FloatingPointError: if the iteration diverged: the last state is not finite, or
+                larger than ``DIVERGENCE_FACTOR`` times the larger of 1 and the initial state's
+                largest magnitude (the message names the step size to lower).
         """
         # the checks run on the inputs' device and are read before the first step: on a GPU the
         # set-up below is queued meanwhile instead of waiting for them
@@ -291,12 +332,13 @@ class DiffusionSampler:
         generator = checked_generator(generator, y.device)
         warm = sigma_start is not None
         if warm and x_init is None:
-            x_init = physics.A_dagger(y).detach()
+            x_init = default_start(y, physics)
         x = self.init_x(y, physics, x_init, levels[0], warm, generator, x_shape)
         if x_shape is not None and tuple(x.shape) != tuple(x_shape):
             raise ValueError(f"x_shape {tuple(x_shape)} is not the shape of the initial state, {tuple(x.shape)} "
                              f"(from x_init or physics.A_dagger(y))")
         x = in_layout(x, self.state_format(x))
+        start_max = x.detach().abs().amax()   # read after the loop (no synchronisation here)
         state = self.init_state(x, y, physics)
         sigmas = self._device_grid(levels, x.device)
         draws = [self.draws_noise(s, s_next) for s, s_next in zip(levels[:-1], levels[1:])]
@@ -309,10 +351,7 @@ class DiffusionSampler:
         # in the standard layout, and not the graph's buffer, which the next call overwrites
         x = x.clone(memory_format=torch.contiguous_format) if self._graphs is not None else \
             in_layout(x, torch.contiguous_format)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(
-                f"{type(self).__name__} diverged: its state contains NaN or infinite values after "
-                f"{len(levels) - 1} steps (try a smaller step size, e.g. zeta or lr, or more steps)")
+        self._check_converged(x, start_max, len(levels) - 1)
         return self.finalize(x, state)
 
     def posterior(self, y: torch.Tensor, physics, *, num_samples: int,
@@ -354,6 +393,19 @@ class DiffusionSampler:
         return sample_posterior(self, y, physics, num_samples=num_samples, generator=generator,
                                 max_batch=max_batch, x_init=x_init, sigma_start=sigma_start, x_shape=x_shape,
                                 physics_for_batch=physics_for_batch)
+
+    def _check_converged(self, x: torch.Tensor, start_max: torch.Tensor, num_steps: int) -> None:
+        """``FloatingPointError`` if the last state ``x`` is not finite or has grown by orders of
+        magnitude beyond the initial state's largest magnitude ``start_max`` (and beyond 1)."""
+        name = type(self).__name__
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"{name} diverged: its state contains NaN or infinite values after {num_steps} "
+                                     f"steps; lower {self.step_size_hint}")
+        largest, bound = x.abs().amax().item(), DIVERGENCE_FACTOR * max(1.0, start_max.item())
+        if largest > bound:
+            raise FloatingPointError(
+                f"{name} diverged: after {num_steps} steps its state reaches |x| = {largest:.3g}, more than "
+                f"{DIVERGENCE_FACTOR:g} times the initial state's largest magnitude (or 1); lower {self.step_size_hint}")
 
     def _device_grid(self, levels: list[float], device: torch.device) -> torch.Tensor:
         """The run's noise levels on the state's device (float64, float32 where the device has no

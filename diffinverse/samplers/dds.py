@@ -12,6 +12,10 @@ between fresh noise (weight ``eta``, 0.85 in every shipped script) and the netwo
 estimate; written for ``x_ve = x_vp / sqrt(abar)`` it is the line above. The last step returns
 ``x0_dc``.
 
+Scale: ``gamma`` is given relative to ``||A||^2`` (the system solved is ``(I + gamma / ||A||^2 A^H A)``,
+:func:`~diffinverse.samplers.base.operator_scale`), so one value suits a CT projector and an
+orthonormal MRI operator alike; for MRI (``||A|| = 1``) it is the paper's ``gamma``.
+
 ``data_consistency="projection"`` replaces the CG by ``x0_hat - A^dagger (A x0_hat - y)``, the exact
 projection onto ``{x : A x = y}`` where ``physics.A_dagger`` is the pseudo-inverse (single-coil
 MRI, inpainting; not the regularised SENSE of the multi-coil operator).
@@ -29,10 +33,15 @@ from typing import Literal
 import torch
 from deepinv.physics import LinearPhysics
 
-from diffinverse.samplers.base import DiffusionSampler
+from diffinverse.samplers.base import DiffusionSampler, operator_scale
 from diffinverse.samplers.data_consistency import cg_data_consistency
 
 __all__ = ["DDS", "renoise"]
+
+NUM_STEPS, GAMMA, ETA, SIGMA_START = 50, 3.0, 1.0, 0.3
+"""Defaults: steps of the full grid, the relative CG weight, the share of fresh noise and the
+warm-start level, chosen on the tuning images of every task of :mod:`diffinverse.tasks`
+(``benchmarks/samplers/tune_defaults.py``; the official scripts use ``eta`` 0.85 from a cold start)."""
 
 
 class DDS(DiffusionSampler):
@@ -41,22 +50,28 @@ class DDS(DiffusionSampler):
     Args:
         prior: the denoiser ``D(x, sigma)``.
         num_steps: steps of the full grid (one network forward each; the paper uses 50).
-        gamma: weight of the data term in the CG system (the paper's multi-coil MRI setting: 1).
+        gamma: weight of the data term in the CG system, relative to ``||A||^2`` (the paper's
+            multi-coil MRI setting: 1).
         cg_iters: CG iterations per step (the paper: 5).
         eta: share of fresh noise in the re-noising, in ``[0, 1]`` (official scripts: 0.85;
             0 is deterministic DDIM).
         data_consistency: ``"cg"`` (default) or ``"projection"`` (see the module notes).
-        **kwargs: schedule, warm start, progress, callback, autocast, channels_last and compile
-            options of :class:`~diffinverse.samplers.base.DiffusionSampler`.
+        sigma_start: warm-start level (default ``SIGMA_START``, from the Tikhonov warm start;
+            ``None``: a cold start over the whole grid).
+        **kwargs: schedule, progress, callback, autocast, channels_last and compile options of
+            :class:`~diffinverse.samplers.base.DiffusionSampler`.
 
     References:
         Chung, Lee & Ye, "Decomposed Diffusion Sampler for Accelerating Large-Scale Inverse
         Problems", ICLR 2024.
     """
 
-    def __init__(self, prior, *, num_steps: int = 50, gamma: float = 1.0, cg_iters: int = 5, eta: float = 0.85,
-                 data_consistency: Literal["cg", "projection"] = "cg", **kwargs):
-        super().__init__(prior, num_steps=num_steps, **kwargs)
+    step_size_hint = "gamma"
+
+    def __init__(self, prior, *, num_steps: int = NUM_STEPS, gamma: float = GAMMA, cg_iters: int = 5,
+                 eta: float = ETA, data_consistency: Literal["cg", "projection"] = "cg",
+                 sigma_start: float | None = SIGMA_START, **kwargs):
+        super().__init__(prior, num_steps=num_steps, sigma_start=sigma_start, **kwargs)
         if not (math.isfinite(gamma) and gamma > 0):
             raise ValueError(f"gamma must be finite and > 0, got {gamma}")
         if int(cg_iters) != cg_iters or cg_iters < 1:
@@ -73,7 +88,8 @@ class DDS(DiffusionSampler):
     def init_state(self, x, y, physics):
         if not isinstance(physics, LinearPhysics):
             raise TypeError(f"DDS needs a linear physics (A^H A in its CG), got {type(physics).__name__}")
-        return {"aty": physics.A_adjoint(y)}
+        # the CG weight relative to ||A||^2 (a float: DDS's step is not captured as a CUDA graph)
+        return {"aty": physics.A_adjoint(y), "gamma": self.gamma / operator_scale(physics, x)}
 
     def draws_noise(self, sigma, sigma_next):
         return sigma_next > 0
@@ -84,7 +100,7 @@ class DDS(DiffusionSampler):
             x0_hat = self.denoise(x, sigma)
         # Eq. 13: data consistency on the clean estimate (CG from x0_hat, or the exact projection)
         if self.data_consistency == "cg":
-            x0_dc = cg_data_consistency(x0_hat, state["aty"], physics, gamma=self.gamma,
+            x0_dc = cg_data_consistency(x0_hat, state["aty"], physics, gamma=state["gamma"],
                                         num_iters=self.cg_iters)
         else:
             x0_dc = x0_hat - physics.A_dagger(physics.A(x0_hat) - y)

@@ -14,19 +14,27 @@ increments of variance ``sigma_t^2 - sigma_{t-1}^2 = beta_t / abar_t``. The offi
 ``x_vp`` by ``-zeta * grad_{x_vp}``; in VE variables that is the factor
 ``c = sqrt((1 + sigma^2) (1 + sigma_next^2))``, so that the same ``zeta`` gives the same sampler.
 
+Scale: ``zeta`` is given relative to the operator's norm. With the squared norm (the default) the
+step is ``zeta / ||A||^2`` (times ``c``): ``zeta = 1`` is a full gradient (Landweber) step on the
+data term as seen from ``x0_hat``, whatever the scale of the operator or the data. With the plain
+norm it is ``zeta / ||A||`` (the gradient of ``||y - A x||`` has norm at most ``||A||``).
+``||A||^2`` is estimated once per call by power iteration
+(:func:`~diffinverse.samplers.base.operator_scale`; 1 for a nonlinear physics). The paper's own
+normalisation, ``zeta_i = zeta' / ||y - A(x0_hat)||`` on the squared norm, is the plain-norm
+direction: it removes the residual's scale but not the operator's.
+
 Differences between the paper and the official code (github.com/DPS2022/diffusion-posterior-sampling):
 
 * The paper's Algorithm 1 steps along ``grad ||y - A(x0_hat)||^2`` with ``zeta_i = zeta' /
   ||y - A(x0_hat)||``; the code steps along the gradient of the plain norm ``||y - A(x0_hat)||``
-  with a constant ``zeta`` (the same direction, a factor 2 apart). Default here: the code's plain
-  norm; ``squared_norm=True`` gives the squared norm with a constant ``zeta`` (the gradient of a
-  Gaussian log-likelihood up to ``1 / (2 noise_sigma^2)``, so ``zeta ~ 1 / (2 noise_sigma^2)``
-  reflects the noise level; note the default ancestral step sizes then decide how much of it acts).
+  with a constant ``zeta`` (the same direction, a factor 2 apart): ``squared_norm=False`` here.
+  Default here: the squared norm with a constant (relative) ``zeta``, a Landweber step through
+  the network's Jacobian.
 * The official ``zeta`` values (1.0 for inpainting / super-resolution, 0.3-1.0 for deblurring,
-  1000 steps) are for 256x256x3 images on ``[-1, 1]`` with measurement noise 0.05. The plain-norm
-  step is in data units per unit-norm residual direction: for data on a range of width ``w``
-  scale ``zeta`` by ``w / 2``, and expect to retune it for other image sizes, operators and step
-  counts (the guidance is applied once per step, so fewer steps need a larger ``zeta``).
+  1000 steps, plain norm) are for 256x256x3 images on ``[-1, 1]`` with measurement noise 0.05 and
+  operators of norm about 1. The plain-norm step is in data units per unit-norm residual
+  direction, so it also depends on the image size; the guidance is applied once per step, so
+  fewer steps need a larger ``zeta``.
 * The official code clips ``x0_hat`` to ``[-1, 1]`` (``clip_x0=True`` clips to
   ``prior.data_range``; off by default since complex MRI data has no natural box) and uses the
   network's learned variance for the ancestral noise; here the fixed DDPM posterior variance.
@@ -47,9 +55,13 @@ import math
 import torch
 
 from diffinverse.imaging import per_item
-from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
+from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, operator_scale
 
 __all__ = ["DPS"]
+
+NUM_STEPS, ZETA, SIGMA_START = 50, 0.5, 0.3
+"""Defaults: steps of the full grid, the relative guidance step and the warm-start level, chosen
+on the tuning images of every task of :mod:`diffinverse.tasks` (``benchmarks/samplers/tune_defaults.py``)."""
 
 
 class DPS(DiffusionSampler):
@@ -58,27 +70,30 @@ class DPS(DiffusionSampler):
     Args:
         prior: the denoiser ``D(x, sigma)``.
         num_steps: steps of the full grid (one network forward and backward each).
-        zeta: guidance step size (see the module notes for its scale).
+        zeta: guidance step size, relative to ``||A||^2`` (squared norm) or ``||A||`` (plain norm).
         squared_norm: guide with ``||y - A(x0_hat)||^2`` (paper) instead of the plain norm (code).
         clip_x0: clip ``x0_hat`` to ``prior.data_range`` before the guidance and the ancestral step.
-        **kwargs: schedule, warm start, progress, callback, autocast, channels_last, compile and
-            cuda_graph options of :class:`~diffinverse.samplers.base.DiffusionSampler` (a captured
-            step holds the network's forward and backward pass).
+        sigma_start: warm-start level (default ``SIGMA_START``: from the Tikhonov warm start plus
+            noise; ``None``: a cold start from pure noise over the whole grid).
+        **kwargs: schedule, progress, callback, autocast, channels_last, compile and cuda_graph
+            options of :class:`~diffinverse.samplers.base.DiffusionSampler` (a captured step holds
+            the network's forward and backward pass).
 
     Example:
-        >>> sampler = DPS(prior, num_steps=200, zeta=1.0, progress=False)
+        >>> sampler = DPS(prior, progress=False)      # defaults: 50-step grid, warm start at 0.3
         >>> x = sampler(y, physics, generator=torch.Generator().manual_seed(0))
-        >>> warm = sampler(y, physics, sigma_start=0.2)      # from A_dagger(y) + 0.2 n, fewer steps
+        >>> x = sampler(y, physics, x_init=fbp, sigma_start=0.1)   # from the caller's warm start
 
     References:
         Chung et al., "Diffusion Posterior Sampling for General Noisy Inverse Problems", ICLR 2023.
     """
 
     supports_cuda_graph = True
+    step_size_hint = "zeta"
 
-    def __init__(self, prior, *, num_steps: int = 200, zeta: float = 1.0, squared_norm: bool = False,
-                 clip_x0: bool = False, **kwargs):
-        super().__init__(prior, num_steps=num_steps, **kwargs)
+    def __init__(self, prior, *, num_steps: int = NUM_STEPS, zeta: float = ZETA, squared_norm: bool = True,
+                 clip_x0: bool = False, sigma_start: float | None = SIGMA_START, **kwargs):
+        super().__init__(prior, num_steps=num_steps, sigma_start=sigma_start, **kwargs)
         if not (math.isfinite(zeta) and zeta >= 0):
             raise ValueError(f"zeta must be finite and >= 0, got {zeta}")
         self.zeta = float(zeta)
@@ -94,6 +109,14 @@ class DPS(DiffusionSampler):
 
     def draws_noise(self, sigma, sigma_next):
         return sigma_next > 0
+
+    def init_state(self, x, y, physics):
+        # zeta relative to ||A||^2 (squared norm) or ||A|| (plain norm): a 0-d tensor on the state's
+        # device, which a captured step reads from its buffer
+        scale = operator_scale(physics, x)
+        zeta = self.zeta / (scale if self.squared_norm else math.sqrt(scale))
+        return {"zeta": torch.tensor(zeta, dtype=torch.float32 if x.device.type == "mps" else torch.float64,
+                                     device=x.device)}
 
     def step(self, x, sigma, sigma_next, noise, y, physics, state):
         x = x.detach().requires_grad_(True)
@@ -118,5 +141,5 @@ class DPS(DiffusionSampler):
         if noise is not None:
             x_next.addcmul_(noise, sigma_up.to(x.dtype))
         # line 8: the guidance step, zeta scaled from the official code's VP state to VE units
-        zeta = self.zeta * ((1 + sigma**2) * (1 + sigma_next**2)).sqrt()
+        zeta = state["zeta"] * ((1 + sigma**2) * (1 + sigma_next**2)).sqrt()
         return x_next.addcmul_(grad, zeta.to(x.dtype), value=-1), x0_hat

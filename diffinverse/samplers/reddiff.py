@@ -18,24 +18,26 @@ Weightings ``w(sigma)`` (the official code's ``denoise_term_weight``, applied to
   ``lambda (mu - D)``;
 * ``"sqrt"``: ``w = sqrt(sigma)``; ``"square"``: ``w = sigma^2``; ``"const"``: ``w = 1``.
 
-Normalisation as in the official code (github.com/NVlabs/RED-diff, ``algos/reddiff.py``): both
-terms are means over the entries of one item, ``mean((y - A mu)^2) / 2`` over the ``m`` entries of
-``y`` and ``lambda * w * mean((eps_hat - eps) mu)`` over the ``d`` entries of ``mu``, so the gradient is
+Normalisation: the data term is divided by ``||A||^2`` (estimated once per call by power
+iteration, :func:`~diffinverse.samplers.base.operator_scale`; 1 for a nonlinear physics), so the
+gradient is
 
-    g = A^H (A mu - y) / m  +  lambda * w(sigma) / sigma * (mu - D(mu + sigma eps, sigma)) / d.
+    g = A^H (A mu - y) / ||A||^2  +  lambda * w(sigma) / sigma * (mu - D(mu + sigma eps, sigma)),
 
-``m`` counts every entry of ``y``: for masked operators that return zero-filled arrays (MRI,
-inpainting) it includes the unmeasured zeros, whereas the official operators return only the
-measured entries, so here the data term weighs less by the sampling fraction (compensate by
-lowering ``lam`` by the same factor). Means are taken per batch item, so a batch of ``N`` samples
-behaves exactly as ``N`` separate runs. The noise level of ``y`` enters nowhere: ``lam`` sets the
-balance between data and prior.
+and ``lam`` weighs two terms in image units whatever the operator's scale, the number of
+measurements or coils. The official code (github.com/NVlabs/RED-diff, ``algos/reddiff.py``) takes
+both terms as means over entries (the data term over the ``m`` entries of ``y``, the regulariser
+over the ``d`` entries of ``mu``); its ``lambda`` is this one times ``||A||^2 d / m``, so its
+settings change with the sampling fraction, the number of coils and the operator. Means are per
+batch item, so a batch of ``N`` samples behaves exactly as ``N`` separate runs. The noise level of
+``y`` enters nowhere: ``lam`` sets the balance between data and prior.
 
-Defaults as in the official code: ``lam = 0.25`` (``grad_term_weight``), Adam with betas (0.9, 0.99)
-and ``lr`` in 0.1-0.5 (here 0.25), linear weighting, ``mu`` initialised from
-``physics.A_dagger(y)``; the official runs use 1000 steps (here 100 by default). ``lr`` is in data
-units (Adam moves each pixel by about ``lr`` per step), for images on ``[-1, 1]``: scale it with the
-data range of other priors.
+Defaults: Adam with betas (0.9, 0.99) (official) and linear weighting (official); ``mu``
+initialised from the warm start (Tikhonov by CG for a linear physics, as every sampler here; the
+official code uses ``A_dagger(y)``); ``lam``, ``lr`` and a warm start chosen on the tuning images
+of every task of :mod:`diffinverse.tasks` (the official runs use 1000 steps from the full grid,
+``lr`` 0.1-0.5 for images on ``[-1, 1]``). ``lr`` is in image units (Adam moves each pixel by
+about ``lr`` per step).
 
 The output is a regularised point estimate near a posterior mode, not a posterior sample: the
 noise ``eps`` makes repeated runs differ only slightly, and their spread is not the posterior's.
@@ -53,9 +55,14 @@ import torch
 from deepinv.physics import LinearPhysics
 from torch.optim.adam import adam
 
-from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad
+from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, default_start, operator_scale
 
 __all__ = ["REDDiff"]
+
+NUM_STEPS, LAM, LR, SIGMA_START = 50, 0.25, 0.01, 0.3
+"""Defaults: steps of the full grid, the regulariser's weight, Adam's learning rate and the
+largest noise level visited, chosen on the tuning images of every task of :mod:`diffinverse.tasks`
+(``benchmarks/samplers/tune_defaults.py``)."""
 
 _WEIGHTS = {   # w(sigma) of a 0-d sigma tensor
     "linear": lambda s: s,
@@ -70,16 +77,18 @@ class REDDiff(DiffusionSampler):
 
     Args:
         prior: the denoiser ``D(x, sigma)``.
-        num_steps: optimisation steps, one noise level and one network forward each.
-        lam: weight ``lambda`` of the diffusion regulariser (official ``grad_term_weight``).
-        lr: Adam learning rate, in data units.
+        num_steps: steps of the full grid (one noise level and one network forward each; a warm
+            start runs the part below ``sigma_start``).
+        lam: weight ``lambda`` of the diffusion regulariser against the data term divided by
+            ``||A||^2`` (see the module notes).
+        lr: Adam learning rate, in image units.
         betas: Adam's moment decay rates.
         weighting: ``"linear"``, ``"sqrt"``, ``"square"`` or ``"const"`` (see the module notes).
-        **kwargs: schedule, warm start, progress, callback, autocast, channels_last, compile and
-            cuda_graph options of :class:`~diffinverse.samplers.base.DiffusionSampler`. A warm
-            start (``sigma_start``) runs only the noise levels below ``sigma_start``; ``x_init``
-            replaces ``A_dagger(y)`` as the starting ``mu`` (no noise is added: ``mu`` is not a
-            noisy state).
+        sigma_start: the largest noise level visited (default ``SIGMA_START``; ``None``: the
+            whole grid). ``x_init`` replaces the Tikhonov warm start as the starting ``mu`` (no
+            noise is added: ``mu`` is not a noisy state).
+        **kwargs: schedule, progress, callback, autocast, channels_last, compile and cuda_graph
+            options of :class:`~diffinverse.samplers.base.DiffusionSampler`.
 
     References:
         Mardani et al., "A Variational Perspective on Solving Inverse Problems with Diffusion
@@ -87,11 +96,13 @@ class REDDiff(DiffusionSampler):
     """
 
     supports_cuda_graph = True
+    step_size_hint = "lr"
 
-    def __init__(self, prior, *, num_steps: int = 100, lam: float = 0.25, lr: float = 0.25,
+    def __init__(self, prior, *, num_steps: int = NUM_STEPS, lam: float = LAM, lr: float = LR,
                  betas: tuple[float, float] = (0.9, 0.99),
-                 weighting: Literal["linear", "sqrt", "square", "const"] = "linear", **kwargs):
-        super().__init__(prior, num_steps=num_steps, **kwargs)
+                 weighting: Literal["linear", "sqrt", "square", "const"] = "linear",
+                 sigma_start: float | None = SIGMA_START, **kwargs):
+        super().__init__(prior, num_steps=num_steps, sigma_start=sigma_start, **kwargs)
         if weighting not in _WEIGHTS:
             raise ValueError(f"weighting must be one of {sorted(_WEIGHTS)}, got {weighting!r}")
         if not (lam >= 0 and lr > 0 and all(0 <= b < 1 for b in betas)):
@@ -103,10 +114,10 @@ class REDDiff(DiffusionSampler):
         self.eps = 1e-8
 
     def init_x(self, y, physics, x_init, sigma0, warm, generator, x_shape):
-        # mu_0 = A^dagger(y) (official initialisation), or the caller's x_init; a dense copy in the
-        # state's layout, which the moments (zeros_like) share: the fused Adam update below pairs
-        # the entries of mu, its gradient and moments by memory position
-        mu = physics.A_dagger(y) if x_init is None else x_init
+        # mu_0: the caller's x_init or the base class's warm start (set whenever warm), else the
+        # same default; a dense copy in the state's layout, which the moments (zeros_like) share:
+        # the fused Adam update below pairs the entries of mu, its gradient and moments by memory position
+        mu = default_start(y, physics) if x_init is None else x_init
         return mu.detach().clone(memory_format=self.state_format(mu))
 
     def init_state(self, x, y, physics):
@@ -115,7 +126,9 @@ class REDDiff(DiffusionSampler):
         aty = _same_layout(physics.A_adjoint(y), x) if isinstance(physics, LinearPhysics) else None
         # Adam's step count lives on the state's device, where the fused update reads it
         count = torch.zeros((), dtype=torch.float32, device=x.device)
-        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "count": count, "aty": aty}
+        scale = torch.tensor(operator_scale(physics, x), dtype=torch.float32 if x.device.type == "mps"
+                             else torch.float64, device=x.device)
+        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x), "count": count, "aty": aty, "scale": scale}
 
     def step(self, x, sigma, sigma_next, noise, y, physics, state):
         mu = x
@@ -123,12 +136,12 @@ class REDDiff(DiffusionSampler):
         # differentiated; x0_hat stays an inference tensor (read-only), which the updates below only read
         with torch.inference_mode():
             x0_hat = self.denoise(torch.addcmul(mu, noise, sigma.to(mu.dtype)), sigma)
-        # gradient with the official per-item normalisation (n_y entries of y, n_x of mu):
-        #   g = grad_data / n_y + lam * w(sigma) / sigma * (mu - x0_hat) / n_x.
-        # Adam is run on n_y * g with eps * n_y: the same update (Adam is invariant to a constant
-        # gradient scale k when eps is scaled by k), with one kernel less
-        n_x, n_y = mu.numel() // mu.shape[0], y.numel() // y.shape[0]
-        prior_weight = self.lam * _WEIGHTS[self.weighting](sigma) / sigma / n_x * n_y
+        # gradient with the data term relative to s = ||A||^2:
+        #   g = grad_data / s + lam * w(sigma) / sigma * (mu - x0_hat).
+        # Adam is run on s * g (Adam is invariant to a constant gradient scale, up to its eps,
+        # which here applies to s * g), with one kernel less
+        scale = state["scale"]
+        prior_weight = self.lam * _WEIGHTS[self.weighting](sigma) / sigma * scale
         if state["aty"] is not None:
             # out of place: A^H A may return its input itself (an identity physics)
             grad_data = physics.A_adjoint_A(mu) - state["aty"]
@@ -138,7 +151,7 @@ class REDDiff(DiffusionSampler):
         # Adam (Kingma & Ba, Algorithm 1, with bias corrections) as one fused in-place update of mu
         # and its moments (torch.optim's functional Adam; it advances the step count)
         adam([mu], [g], [state["m"]], [state["v"]], [], [state["count"]], fused=True, amsgrad=False,
-             beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps * n_y,
+             beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps,
              maximize=False)
         return mu, x0_hat
 
