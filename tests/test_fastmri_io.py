@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffinverse.datasets.fastmri import (FastMRIError, FastMRIFile, atomic_output, center_crop,
+from diffinverse._io import new_file_mode
+from diffinverse.datasets.fastmri import (FastMRIError, FastMRIFile, atomic_output, center_crop, read_mask,
                                           write_fastmri_file, write_submission)
 
 HEADER = b"""<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
@@ -61,6 +62,16 @@ def test_single_coil_defaults_and_mask(tmp_path):
         assert f.read_kspace(0).shape == (400, 13)
 
 
+def _group(path, name):
+    with h5py.File(path, "w") as f:
+        f.create_group(name)
+
+
+def _with_nan(a):
+    a[1, 2, 3] = np.nan
+    return a
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_bytes(b"this is not hdf5"), "not an HDF5 file"),
     (lambda p: _raw_file(p, reconstruction_rss=np.ones((1, 4, 4), np.float32)), "no 'kspace' dataset"),
@@ -70,6 +81,11 @@ def test_single_coil_defaults_and_mask(tmp_path):
     (lambda p: _raw_file(p, kspace=_kspace((2, 4, 6)), reconstruction_esc=np.ones((3, 4, 4), np.float32)),
      "'reconstruction_esc' must be"),
     (lambda p: _raw_file(p, kspace=_kspace((1, 4, 6)), ismrmrd_header=b"<unclosed"), "not valid XML"),
+    (lambda p: _group(p, "kspace"), "'kspace' is an HDF5 group, not a dataset"),
+    (lambda p: _raw_file(p, kspace=_kspace((2, 4, 6)), reconstruction_rss=_with_nan(np.ones((2, 4, 4), np.float32))),
+     r"'reconstruction_rss' holds NaN or Inf values \(slice 1\)"),
+    (lambda p: _raw_file(p, kspace=_kspace((2, 4, 6)), reconstruction_esc=np.zeros((2, 4, 4), np.float32)),
+     "'reconstruction_esc' has no positive value"),
 ])
 def test_bad_files_name_file_and_problem(tmp_path, make, message):
     p = tmp_path / "bad.h5"
@@ -135,3 +151,52 @@ def test_write_submission_layout_and_atomicity(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.h5"]
     with pytest.raises(ValueError, match="real"):
         write_submission(tmp_path / "c.h5", np.ones((1, 2, 2), np.complex64))
+
+
+def test_zero_slices_are_found(tmp_path):
+    k = _kspace((4, 2, 8, 8))
+    k[[1, 3]] = 0
+    with FastMRIFile(_raw_file(tmp_path / "z.h5", kspace=k)) as f:
+        assert f.zero_slices() == [1, 3] and f.zero_slices(slice(2, 4)) == [3] and f.zero_slices(slice(0, 1)) == []
+
+
+def test_write_submission_stores_the_mask_as_fastmri_does(tmp_path):
+    lines = np.array([1, 0, 0, 1, 1, 0, 1], np.float32)
+    p = write_submission(tmp_path / "m.h5", np.ones((1, 3, 3)), mask=lines)
+    with h5py.File(p, "r") as f:
+        assert f["mask"].dtype == bool and f["mask"].shape == (7,)
+    np.testing.assert_array_equal(read_mask(p), lines)
+    with pytest.raises(ValueError, match="0/1 array"):
+        write_submission(tmp_path / "bad.h5", np.ones((1, 3, 3)), mask=np.array([0.0, 0.5]))
+
+
+def test_read_mask_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_mask(tmp_path / "nope.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(FastMRIError, match="not an HDF5 file"):
+        read_mask(tmp_path / "text.h5")
+    with pytest.raises(FastMRIError, match=r"no 'mask' dataset \(found: \['kspace'\]\)"):
+        read_mask(_raw_file(tmp_path / "k.h5", kspace=_kspace((1, 4, 6))))
+    with pytest.raises(FastMRIError, match="must be \\(W,\\) lines"):
+        read_mask(_raw_file(tmp_path / "3d.h5", mask=np.ones((2, 2, 2))))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077, 0o002])
+def test_atomic_output_gives_a_plain_writes_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "plain", "w") as f:  # what a plain write gives
+            f.write("x")
+        with atomic_output(tmp_path / "atomic") as tmp:
+            tmp.write_text("x")
+        assert new_file_mode(tmp_path / "missing") == 0o666 & ~umask
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "atomic").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
+    # replacing a file keeps its mode, as writing into it would
+    (tmp_path / "atomic").chmod(0o640)
+    with atomic_output(tmp_path / "atomic", overwrite=True) as tmp:
+        tmp.write_text("y")
+    assert (tmp_path / "atomic").stat().st_mode & 0o777 == 0o640

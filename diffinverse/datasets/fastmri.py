@@ -35,7 +35,7 @@ import torch
 from diffinverse._io import atomic_output
 
 __all__ = ["FastMRIError", "FastMRIFile", "TARGET_KEYS", "DEFAULT_RECON_SIZE", "atomic_output",
-           "center_crop", "ismrmrd_header", "write_fastmri_file", "write_submission"]
+           "center_crop", "ismrmrd_header", "read_mask", "write_fastmri_file", "write_submission"]
 
 TARGET_KEYS = ("reconstruction_rss", "reconstruction_esc")
 DEFAULT_RECON_SIZE = (320, 320)
@@ -110,9 +110,10 @@ class FastMRIFile:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        FastMRIError: not HDF5; no ``kspace``; ``kspace`` of the wrong rank or not complex; a
-            ``mask`` whose width differs from ``W``; a target of the wrong rank or slice count;
-            a malformed header.
+        FastMRIError: not HDF5; no ``kspace``, or a ``kspace`` that is a group; ``kspace`` of the
+            wrong rank or not complex; a ``mask`` whose width differs from ``W``; a target of the
+            wrong rank or slice count, or holding NaN/Inf or no positive value (checked on
+            opening, slice by slice); a malformed header.
 
     Example:
         >>> with FastMRIFile("file1000001.h5") as f:
@@ -137,8 +138,12 @@ class FastMRIFile:
 
     def _validate(self) -> None:
         p, h5 = self.path, self._h5
-        if "kspace" not in h5 or not isinstance(h5["kspace"], h5py.Dataset):
+        if "kspace" not in h5:
             raise FastMRIError(f"{p}: no 'kspace' dataset (found: {sorted(h5.keys())})")
+        if not isinstance(h5["kspace"], h5py.Dataset):
+            kind = "an HDF5 group" if isinstance(h5["kspace"], h5py.Group) else type(h5["kspace"]).__name__
+            raise FastMRIError(f"{p}: 'kspace' is {kind}, not a dataset (fastMRI files store k-space as "
+                               f"one (slices, [coils,] H, W) complex array)")
         ks = h5["kspace"]
         if ks.ndim not in (3, 4):
             raise FastMRIError(f"{p}: 'kspace' must be (slices, H, W) or (slices, coils, H, W), got shape {ks.shape}")
@@ -166,8 +171,11 @@ class FastMRIFile:
         for key in TARGET_KEYS:
             if key in h5:
                 t = h5[key]
+                if not isinstance(t, h5py.Dataset):
+                    raise FastMRIError(f"{p}: '{key}' is an HDF5 group, not a dataset")
                 if t.ndim != 3 or t.shape[0] != self.num_slices:
                     raise FastMRIError(f"{p}: '{key}' must be ({self.num_slices}, h, w), got shape {t.shape}")
+                _check_target(t, key, p)
                 self.targets.append(key)
                 self.target_shapes[key] = tuple(t.shape[1:])
 
@@ -198,6 +206,10 @@ class FastMRIFile:
             raise FastMRIError(f"{self.path}: 'kspace' holds NaN or Inf values (slices {_describe(index, self.num_slices)})")
         return k
 
+    def zero_slices(self, index: slice = slice(None)) -> list[int]:
+        """Numbers of the slices in ``index`` whose k-space is all zero (read one slice at a time)."""
+        return [i for i in range(*index.indices(self.num_slices)) if not np.any(self._kspace[i])]
+
     def read_target(self, key: str, index: int | slice = slice(None)) -> np.ndarray:
         """Read a reference reconstruction (``'reconstruction_rss'`` or ``'reconstruction_esc'``).
 
@@ -224,6 +236,18 @@ class FastMRIFile:
                 f"recon {self.recon_size}, mask={'yes' if self.mask is not None else 'no'}, targets={self.targets})")
 
 
+def _check_target(t: h5py.Dataset, key: str, path: Path) -> None:
+    """A reference volume must be finite with a positive maximum (its data range), slice by slice."""
+    peak = -np.inf
+    for i in range(t.shape[0]):
+        s = np.asarray(t[i])
+        if not np.isfinite(s).all():
+            raise FastMRIError(f"{path}: '{key}' holds NaN or Inf values (slice {i}); it cannot serve as a reference")
+        peak = max(peak, float(s.max()) if s.size else -np.inf)
+    if not peak > 0:
+        raise FastMRIError(f"{path}: '{key}' has no positive value (maximum {peak}); it cannot serve as a reference")
+
+
 def _describe(index: int | slice, n: int) -> str:
     if isinstance(index, slice):
         start, stop, _ = index.indices(n)
@@ -235,7 +259,39 @@ def _as_numpy(a) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def write_submission(path: str | os.PathLike, reconstruction, *, std=None,
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """The ``mask`` dataset of an HDF5 file (a :func:`write_submission` output or a fastMRI file).
+
+    Returns:
+        float32 0/1 array, ``(W,)`` (phase-encode lines, fastMRI's layout) or ``(h, W)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        FastMRIError: not HDF5; no ``mask`` dataset (the datasets present are listed), or a
+            group of that name; a mask that is not 1-D or 2-D, holds values other than 0 and 1,
+            or samples nothing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not h5py.is_hdf5(path):
+        raise FastMRIError(f"{path}: not an HDF5 file")
+    with h5py.File(path, "r") as f:
+        if "mask" not in f:
+            raise FastMRIError(f"{path}: no 'mask' dataset (found: {sorted(f.keys())})")
+        if not isinstance(f["mask"], h5py.Dataset):
+            raise FastMRIError(f"{path}: 'mask' is an HDF5 group, not a dataset")
+        m = np.asarray(f["mask"][()])
+    if m.ndim not in (1, 2) or m.size == 0:
+        raise FastMRIError(f"{path}: 'mask' must be (W,) lines or an (h, W) array, got shape {m.shape}")
+    if not (np.issubdtype(m.dtype, np.number) or m.dtype == bool) or not np.isin(m, (0, 1)).all():
+        raise FastMRIError(f"{path}: 'mask' must hold only 0 and 1 (a binary sampling mask)")
+    if not m.any():
+        raise FastMRIError(f"{path}: 'mask' samples nothing (all zero)")
+    return m.astype(np.float32)
+
+
+def write_submission(path: str | os.PathLike, reconstruction, *, std=None, mask=None,
                      attrs: Mapping | None = None, overwrite: bool = False) -> Path:
     """Write reconstructions in fastMRI's submission layout, atomically.
 
@@ -243,6 +299,9 @@ def write_submission(path: str | os.PathLike, reconstruction, *, std=None,
         path: the output ``.h5``.
         reconstruction: ``(S, h, w)`` real magnitude volume (numpy or torch), already centre-cropped.
         std: optional ``(S, h, w)`` per-pixel posterior standard deviation, stored as ``std``.
+        mask: optional sampling mask, stored as ``mask`` (bool) as fastMRI's challenge files store
+            it: ``(W,)`` phase-encode lines (pass a line mask's columns), or ``(h, W)`` for a 2-D
+            mask. :class:`FastMRIFile` and ``diffinverse-reconstruct --mask-file`` read it back.
         attrs: optional file attributes (strings, numbers; e.g. the sampler's settings).
         overwrite: replace an existing file.
 
@@ -258,6 +317,11 @@ def write_submission(path: str | os.PathLike, reconstruction, *, std=None,
         if s.shape != rec.shape:
             raise ValueError(f"std must have the reconstruction's shape {rec.shape}, got {s.shape}")
         arrays["std"] = s.astype(np.float32)
+    if mask is not None:
+        m = _as_numpy(mask)
+        if m.ndim not in (1, 2) or not np.isin(m, (0, 1)).all():
+            raise ValueError(f"mask must be a 0/1 array of shape (W,) or (h, W), got {m.dtype} {m.shape}")
+        arrays["mask"] = m.astype(bool)
     with atomic_output(path, overwrite=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():
