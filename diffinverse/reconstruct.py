@@ -17,28 +17,47 @@ a time):
 1. **Reconstruction size**: the target's shape when the file has one, else the header's
    ``reconSpace`` matrix (default 320 x 320).
 2. **Mask.** Files with a ``mask`` (fastMRI test/challenge data) are reconstructed from it.
-   Otherwise a retrospective mask (``--mask``, ``--acceleration``, ``--center-fraction``) is
-   drawn once per volume from a generator seeded by ``--seed`` and the file name, so sharding
-   and ``--resume`` do not change it; the samplers draw from a second generator seeded likewise.
+   Otherwise the mask is ``--mask-file``'s (the ``mask`` dataset of an earlier output or of a
+   fastMRI file), or a retrospective mask (``--mask``, ``--acceleration``,
+   ``--center-fraction``) drawn once per volume from a generator seeded by ``--seed`` and the
+   file name (:func:`_file_seed`: ``(seed * 1000003 + crc32(name)) mod 2**63``), so sharding and
+   ``--resume`` do not change it, and the same data under another name get another mask; the
+   samplers draw from a second generator seeded likewise (plus one). An acceleration the mask
+   cannot reach (its central lines alone sample more) is refused before any work, naming the
+   largest achievable; the achieved acceleration (lines over sampled lines) is what is reported.
 3. **Options.** ``--sampler`` picks a method of the pipeline; each diffusion sampler's own
    options (its :class:`~diffinverse.samplers.SamplerSpec` ``options``) are offered as
    ``--SAMPLER-OPTION`` (``--dps-zeta``, ``--reddiff-lam``, ``--dds-gamma``, ...), defaults from
    :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`. The former ``--zeta``, ``--lam`` and
    ``--lr`` are still accepted, with a ``FutureWarning`` naming the new option.
-4. **Outputs** in ``--output``, each written atomically (temporary file in the same directory,
-   then rename): ``<name>.h5`` in fastMRI's submission layout (``reconstruction`` float32
-   magnitude ``(S, h, w)``, centre-cropped, plus ``std`` with ``--num-samples N > 1``), optionally
-   ``<name>.nii.gz`` (and ``<name>_std.nii.gz``, see :func:`save_nifti` for the affine) and
-   ``<name>.png`` previews, then ``<name>.metrics.json`` last, which marks the file complete for
-   ``--resume``; finally ``metrics.json`` over all files. Metrics (NMSE, PSNR, SSIM; fastMRI's
-   conventions, see :mod:`diffinverse.metrics`) are computed against ``reconstruction_rss`` /
+4. **Outputs** in ``--output``: ``<name>.h5`` in fastMRI's submission layout (``reconstruction``
+   float32 magnitude ``(S, h, w)``, centre-cropped, plus ``std`` with ``--num-samples N > 1``, the
+   ``mask`` as fastMRI stores it, and attributes ``options`` (JSON of :func:`run_options`),
+   ``diffinverse_version``, ``acceleration``), optionally ``<name>.nii.gz`` (and
+   ``<name>_std.nii.gz``, see :func:`save_nifti` for the affine) and ``<name>.png`` previews,
+   and ``<name>.metrics.json``, which marks the file complete for ``--resume``; finally
+   ``metrics.json`` over all files. A file's outputs are written into a hidden staging folder
+   in ``--output`` and renamed into place together, ``<name>.metrics.json`` last; if anything
+   fails or is interrupted before the last rename, the ones already moved are removed, so a
+   file's outputs appear all together or not at all. Files are created with the permissions a
+   plain write gives (the umask's). Metrics (NMSE, PSNR, SSIM; fastMRI's conventions, see
+   :mod:`diffinverse.metrics`) are computed against ``reconstruction_rss`` /
    ``reconstruction_esc`` when present, for the chosen method and the baselines.
 
-Existing outputs are never replaced without ``--overwrite``; ``--resume`` skips files whose
-outputs are complete and redoes the others (replacing the partial outputs of an interrupted run).
-A file that fails is reported and skipped; the exit status is then 1. Configuration errors
-(unknown prior, wrong channel count, unusable options, existing outputs) exit with status 2
-before any reconstruction starts.
+Existing outputs are never replaced without ``--overwrite``. ``--resume`` skips files whose
+outputs are complete *and* were made with the same options and package version (compared with
+the ``options`` recorded in ``<name>.metrics.json``), redoes incomplete ones (replacing the
+partial outputs of an interrupted run), and refuses to start (status 2) when complete outputs
+were made with other options, listing what differs: a pipeline never mixes results of two
+settings in one folder, nor replaces results without ``--overwrite`` (``--resume --overwrite``
+recomputes those and still skips the matching ones).
+
+Exit status: 0 every file reconstructed (or skipped by ``--resume``); 1 some file failed (each
+is reported, the others go on); 2 a configuration error found before any reconstruction
+(options, prior, output folder that is a file or cannot be written, existing outputs, an
+unreachable acceleration, an unusable ``--mask-file``); 130 interrupted (Ctrl-C), after saying
+which files were finished and which were not. A file whose whole selected k-space is zero
+fails; all-zero slices among others give a warning naming the file and the slices.
 
 Under ``torchrun`` (``WORLD_SIZE``/``RANK`` set), rank ``r`` of ``K`` takes files ``r, r+K, ...``
 (``nccl`` with one GPU per rank, ``gloo`` on CPU); rank 0 gathers the results, writes
@@ -61,9 +80,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -76,9 +97,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffinverse import __version__
 from diffinverse import metrics as M
 from diffinverse._io import atomic_output
-from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, write_submission
+from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, read_mask, write_submission
 from diffinverse.datasets.volumes import write_nifti
 from diffinverse.memory import keep_freed_memory
 from diffinverse.pipelines.fastmri import (
@@ -87,6 +109,7 @@ from diffinverse.pipelines.fastmri import (
     METHODS,
     SAMPLER_DEFAULTS,
     WARM_STARTS,
+    acceleration_of,
     build_sampler,
     reconstruct_kspace,
     resolve_start,
@@ -94,13 +117,18 @@ from diffinverse.pipelines.fastmri import (
 )
 from diffinverse.samplers.table import SAMPLERS
 
-__all__ = ["main", "build_parser", "reconstruct_file", "save_nifti", "save_preview", "format_table", "keep_freed_memory",
-           "DEMO_FILE"]
+__all__ = ["main", "build_parser", "reconstruct_file", "run_options", "save_nifti", "save_preview", "format_table",
+           "keep_freed_memory", "DEMO_FILE", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG", "EXIT_INTERRUPTED"]
 
 DEMO_FILE = "demo_brain.h5"
 # the options' former names (before they were namespaced by sampler), accepted until the next
 # version with a FutureWarning: old name -> the sampler whose option it is
 _DEPRECATED_OPTIONS = {"zeta": "dps", "lr": "reddiff", "lam": "reddiff"}
+# retrospective-mask options: their defaults, applied when no --mask-file is given
+_MASK_DEFAULTS = {"mask": "random", "acceleration": 4.0, "center_fraction": 0.08}
+DEFAULT_PRIOR = "mri-brain"
+#: exit statuses: all done; some file failed; configuration error before any work; Ctrl-C
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class ConfigError(ValueError):
@@ -127,12 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", type=Path, help="fastMRI .h5 files or directories of them")
     p.add_argument("--demo", action="store_true", help="reconstruct the bundled 8-coil brain demo file")
     p.add_argument("--sampler", choices=METHODS, default="dps", help="reconstruction method (default: dps)")
-    p.add_argument("--prior", default="mri-brain", help="shipped prior name or .safetensors path (default: mri-brain)")
-    p.add_argument("--mask", choices=MASK_TYPES, default="random",
-                   help="retrospective mask for fully sampled files (default: random lines)")
-    p.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor (default: 4)")
-    p.add_argument("--center-fraction", type=float, default=0.08,
+    p.add_argument("--prior", default=None,
+                   help=f"shipped prior name or .safetensors path, diffusion samplers only (default: {DEFAULT_PRIOR})")
+    p.add_argument("--mask", choices=MASK_TYPES, default=None,
+                   help="retrospective mask for fully sampled files (default: random lines), seeded by --seed "
+                        "and the file name")
+    p.add_argument("--acceleration", type=float, default=None,
+                   help="undersampling factor (default: 4); refused when the mask's central lines alone exceed "
+                        "it; the achieved factor is reported")
+    p.add_argument("--center-fraction", type=float, default=None,
                    help="fraction of fully sampled central lines (default: 0.08)")
+    p.add_argument("--mask-file", type=Path, default=None,
+                   help="reuse a saved mask: an .h5 with a 'mask' dataset ((W,) lines, as fastMRI and this "
+                        "command's outputs store it, or (h, W)); replaces --mask/--acceleration/--center-fraction")
     p.add_argument("--slices", default=None, help="slices to reconstruct, e.g. 10:20 or 5 (default: all)")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps of the full grid (default: per sampler)")
     p.add_argument("--sigma-start", default=None,
@@ -169,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output formats (several allowed; default: h5)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--resume", action="store_true",
-                   help="skip files whose outputs are complete; redo the others, replacing their partial outputs")
+                   help="skip files whose outputs are complete and were made with the same options and version; "
+                        "redo incomplete ones; refuse to start (exit 2), listing the differences, when complete "
+                        "outputs were made with other options (with --overwrite: recompute those)")
+    p.epilog = ("exit status: 0 done; 1 some file failed (the others are done); 2 configuration error, found "
+                "before any reconstruction; 130 interrupted (Ctrl-C)")
     return p
 
 
@@ -194,11 +233,17 @@ def _options_of(args: argparse.Namespace, sampler: str) -> dict:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.acceleration < 1:
+    # every float option, whatever it is: nan and inf pass the range checks below, so refuse them first
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = f"--{name.removeprefix('deprecated_').replace('_', '-')}"
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+    _resolve_mask_options(args)  # with --mask-file, the three retrospective options stay None
+    if args.acceleration is not None and args.acceleration < 1:
         raise ConfigError(f"--acceleration must be >= 1, got {args.acceleration}")
     if args.mask == "equispaced" and args.acceleration != int(args.acceleration):
         raise ConfigError(f"--mask equispaced needs an integer --acceleration, got {args.acceleration:g}")
-    if not 0 < args.center_fraction <= 1:
+    if args.center_fraction is not None and not 0 < args.center_fraction <= 1:
         raise ConfigError(f"--center-fraction must be in (0, 1], got {args.center_fraction}")
     for name in ("steps", "num_samples", "batch_size"):
         value = getattr(args, name)
@@ -210,13 +255,13 @@ def _check_options(args: argparse.Namespace) -> None:
             continue
         if args.sampler != sampler:
             raise ConfigError(f"{_flag(sampler, option)} applies to --sampler {sampler}, not {args.sampler}")
-        # the ranges are the sampler's own (checked when it is built); here only what a number must be
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{_flag(sampler, option)} must be a finite number, got {value}")
-    for option in ("warm_start", "bf16"):
+        # the ranges are the sampler's own (checked when it is built); finiteness is checked above
+    for option in ("prior", "warm_start", "bf16"):
         if getattr(args, option) and args.sampler not in SAMPLER_DEFAULTS:
             raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
                               f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")
+    if args.sampler in SAMPLER_DEFAULTS and args.prior is None:
+        args.prior = DEFAULT_PRIOR
     if args.slices is not None:
         _parse_slices(args.slices, 10**9)
     if args.sigma_start is not None and args.sigma_start.lower() != "none":
@@ -225,7 +270,24 @@ def _check_options(args: argparse.Namespace) -> None:
         except ValueError:
             raise ConfigError(f"--sigma-start must be a number or 'none', got {args.sigma_start!r}") from None
         if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"--sigma-start must be positive, got {value}")
+            raise ConfigError(f"--sigma-start must be a finite positive number, got {value}")
+
+
+def _resolve_mask_options(args: argparse.Namespace) -> None:
+    """Fill the retrospective-mask defaults, or read ``--mask-file`` (then those options are refused)."""
+    args.mask_array = None
+    if args.mask_file is None:
+        for name, default in _MASK_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+        return
+    given = [f"--{name.replace('_', '-')}" for name in _MASK_DEFAULTS if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"--mask-file gives the mask; {', '.join(given)} cannot be used with it")
+    try:
+        args.mask_array = read_mask(args.mask_file)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"--mask-file: {err}") from None
 
 
 def _parse_slices(spec: str | None, n: int) -> slice:
@@ -296,8 +358,26 @@ def _output_paths(out_dir: Path, stem: str, formats: list[str], with_std: bool) 
     return paths
 
 
+def _check_output_dir(out: Path) -> None:
+    """Create ``--output`` if needed and check that files can be written in it (``ConfigError`` if not)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a directory")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--output {out}: {parent} is a file, so the directory cannot be created")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--output {out}: cannot write there ({type(err).__name__}: {err.strerror or err})") from None
+
+
 def _preflight(files: list[Path], args: argparse.Namespace) -> list[str]:
-    """Problems that must stop the run before anything is written (existing outputs, collisions)."""
+    """Problems that must stop the run before anything is written (existing outputs, collisions,
+    masks that cannot be made for a file). Files that cannot be opened are left to fail in turn."""
     problems = []
     with_std = args.num_samples > 1
     for f in files:
@@ -305,6 +385,13 @@ def _preflight(files: list[Path], args: argparse.Namespace) -> list[str]:
         for p in paths.values():
             if p.exists() and p.resolve() == f.resolve():
                 problems.append(f"{f}: the output {p} would replace the input file; choose another --output")
+        try:
+            with FastMRIFile(f) as fm:
+                _make_mask(fm, (_recon_crop(fm)[0], fm.shape[1]), args)
+        except _MaskError as err:
+            problems.append(str(err))
+        except (ValueError, OSError):
+            pass  # a file that cannot be read fails in its turn; the others go on
         if args.overwrite or args.resume:
             continue
         existing = [str(p) for p in paths.values() if p.exists()]
@@ -318,21 +405,118 @@ def _is_complete(paths: dict[str, Path]) -> bool:
     return all(p.exists() for p in paths.values())
 
 
+def run_options(args: argparse.Namespace, method: _Method) -> dict:
+    """What determines a run's outputs, as recorded in them and compared by ``--resume``.
+
+    The method with its resolved settings (steps, start, the sampler's options merged with
+    :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`, prior, samples, bf16), the mask
+    (retrospective type, requested acceleration and centre fraction, or ``--mask-file`` with the
+    SHA-256 of its mask), seed, slices, batch size and the package version. Not the device or
+    the output formats.
+    """
+    if args.mask_file is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(args.mask_array, dtype=np.float32).tobytes()).hexdigest()
+        mask = {"file": str(args.mask_file), "sha256": digest}
+    else:
+        mask = {"type": args.mask, "acceleration": args.acceleration, "center_fraction": args.center_fraction}
+    options = {"version": __version__, "sampler": method.name, "mask": mask, "seed": args.seed,
+               "slices": args.slices, "batch_size": args.batch_size}
+    if method.name in SAMPLER_DEFAULTS:
+        warm_start, sigma_start = method.used_start
+        options.update(prior=args.prior, steps=method.used_steps, warm_start=warm_start, sigma_start=sigma_start,
+                       sampler_options={**SAMPLER_DEFAULTS[method.name].options, **method.options},
+                       num_samples=method.num_samples, bf16=bool(method.bf16))
+    return json.loads(json.dumps(options))  # as read back from a record
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf of two (nested) option dicts that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key, "(not set)"), new.get(key, "(not set)"), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]} {old!r} (outputs) vs {new!r} (this run)"]
+
+
+def _recorded_differences(paths: dict[str, Path], options: dict) -> list[str]:
+    """How the options recorded in a file's complete outputs differ from ``options`` (``[]``: same)."""
+    try:
+        old = json.loads(paths["metrics"].read_text()).get("options")
+    except (OSError, ValueError, AttributeError) as err:
+        return [f"{paths['metrics']} cannot be read ({err})"]
+    return ["no options recorded (made by an older version)"] if old is None else _differences(old, options)
+
+
+def _resume_conflicts(files: list[Path], args: argparse.Namespace, options: dict) -> list[str]:
+    """With ``--resume`` (without ``--overwrite``): complete outputs made with other options."""
+    problems = []
+    for f in files:
+        paths = _output_paths(args.output, f.stem, args.format, args.num_samples > 1)
+        diff = _recorded_differences(paths, options) if _is_complete(paths) else []
+        if diff:
+            problems.append(f"{f}: --resume found complete outputs made with other options: {'; '.join(diff)}. "
+                            f"Pass --overwrite to recompute them, or choose another --output")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 # one file
 # --------------------------------------------------------------------------------------------
 def _file_seed(seed: int, name: str) -> int:
+    """The seed of a file's retrospective mask: ``(seed * 1000003 + crc32(file name)) mod 2**63``.
+
+    Per file name (not per content), as fastMRI seeds per file: the same data under another
+    name get another mask; ``--mask-file`` reuses a saved one. The sampler's seed is this plus one.
+    """
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
+class _MaskError(FastMRIError):
+    """A mask the options cannot give for a file (unreachable acceleration, a ``--mask-file`` that
+    does not fit); found by the preflight, before any work (exit 2)."""
+
+
+def _recon_crop(f: FastMRIFile) -> tuple[int, int]:
+    """The evaluated matrix: the target's shape when the file has one, else the header's."""
+    if not f.targets:
+        return f.recon_size
+    th, tw = f.target_shapes[f.targets[0]]
+    if th > f.shape[0] or tw > f.shape[1]:
+        raise FastMRIError(f"{f.path}: '{f.targets[0]}' slices ({th}, {tw}) are larger than the k-space {f.shape}")
+    return th, tw
+
+
 def _make_mask(f: FastMRIFile, shape: tuple[int, int], args: argparse.Namespace) -> tuple[torch.Tensor, str]:
-    """The file's ``(W,)`` mask or a retrospective ``(h, W)`` one, and a description of it."""
+    """The ``(W,)`` or ``(h, W)`` mask of a file, and a description with the achieved acceleration:
+    the file's own mask, ``--mask-file``'s, or a retrospective one."""
     if f.mask is not None:
-        return torch.from_numpy(f.mask), f"file mask ({f.mask.shape[0] / f.mask.sum():.1f}x)"
+        if args.mask_file is not None:
+            raise _MaskError(f"{f.path}: the file has its own mask (undersampled data); --mask-file applies to "
+                               f"fully sampled files")
+        return torch.from_numpy(f.mask), f"file mask, {acceleration_of(f.mask):.2f}x"
+    if args.mask_file is not None:
+        m = args.mask_array
+        if m.shape[-1] != shape[1] or (m.ndim == 2 and m.shape[0] != shape[0]):
+            want = f"({shape[1]},) or {tuple(shape)}"
+            raise _MaskError(f"{f.path}: --mask-file {args.mask_file} holds a mask of shape {m.shape}; this file "
+                               f"needs {want} ({shape[1]} phase-encode lines)")
+        return torch.from_numpy(m), f"mask from {args.mask_file.name}, {acceleration_of(m):.2f}x"
     g = torch.Generator().manual_seed(_file_seed(args.seed, f.path.name))
-    m = retrospective_mask(shape, acceleration=args.acceleration, mask_type=args.mask,
-                           center_fraction=args.center_fraction, generator=g)
-    return m, f"{args.mask} {args.acceleration:g}x"
+    try:
+        m = retrospective_mask(shape, acceleration=args.acceleration, mask_type=args.mask,
+                               center_fraction=args.center_fraction, generator=g)
+    except ValueError as err:
+        raise _MaskError(f"{f.path}: --acceleration {args.acceleration:g}: {err}") from None
+    return m, f"{args.mask} {args.acceleration:g}x requested, {acceleration_of(m):.2f}x achieved"
+
+
+def _mask_columns(mask: torch.Tensor) -> np.ndarray:
+    """A mask as fastMRI stores it: ``(W,)`` lines for a line mask (constant along rows), else 2-D."""
+    m = mask.cpu().numpy()
+    if m.ndim == 2 and (m == m[:1]).all():
+        return m[0]
+    return m
 
 
 class _Method:
@@ -395,20 +579,27 @@ def _load_prior(name: str, device: torch.device):
     return prior.eval()
 
 
-def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method) -> dict:
-    """Reconstruct one fastMRI file and write its outputs; returns its record (see ``metrics.json``)."""
+def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method, *, options: dict | None = None) -> dict:
+    """Reconstruct one fastMRI file and write its outputs; returns its record (see ``metrics.json``).
+
+    ``options`` is what the outputs record as their settings (default :func:`run_options`).
+    """
     t0 = time.perf_counter()
+    options = run_options(args, method) if options is None else options
+    warned = []
     with FastMRIFile(path) as f:
         sl = _parse_slices(args.slices, f.num_slices)
         if sl.stop <= sl.start:
             raise FastMRIError(f"{path}: --slices {args.slices} selects no slice of its {f.num_slices}")
-        crop = f.recon_size
-        if f.targets:  # the reference defines the evaluated matrix
-            th, tw = f.target_shapes[f.targets[0]]
-            if th > f.shape[0] or tw > f.shape[1]:
-                raise FastMRIError(f"{path}: '{f.targets[0]}' slices ({th}, {tw}) are larger than the k-space {f.shape}")
-            crop = (th, tw)
+        crop = _recon_crop(f)  # the reference defines the evaluated matrix
         mask, mask_text = _make_mask(f, (crop[0], f.shape[1]), args)
+        zero = f.zero_slices(sl)
+        if len(zero) == sl.stop - sl.start:
+            raise FastMRIError(f"{path}: the k-space of slices {sl.start}:{sl.stop} is all zero; nothing to reconstruct")
+        if zero:
+            warned.append(f"{path}: the k-space of slice(s) {', '.join(map(str, zero))} is all zero; "
+                          f"their reconstructions are meaningless")
+            warnings.warn(warned[-1], UserWarning, stacklevel=2)
         g = torch.Generator(device=method.device).manual_seed(_file_seed(args.seed, path.name) + 1)
         recs: dict[str, list] = {}
         stds: list = []
@@ -432,32 +623,64 @@ def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method) -> d
                            "psnr": M.psnr(reference=t, estimate=volumes[name]),
                            "ssim": M.ssim(reference=t, estimate=volumes[name])} for name in rows}
               for key, t in targets.items()}
+    requested = options["mask"].get("acceleration") if f.mask is None else None
     record = {"input": str(path), "name": path.stem, "slices": [sl.start, sl.stop], "coils": info["coils"],
-              "shape": list(volumes[method.name].shape), "mask": mask_text, "method": method.describe(),
-              "nfe": nfe, "metrics": scores}
-    _write_outputs(path.stem, volumes[method.name], std, targets, record, info, args)
+              "shape": list(volumes[method.name].shape), "mask": mask_text,
+              "acceleration": {"requested": requested, "achieved": acceleration_of(mask)},
+              "method": method.describe(), "nfe": nfe, "metrics": scores, "warnings": warned, "options": options}
     record["seconds"] = round(time.perf_counter() - t0, 2)
-    with atomic_output(args.output / f"{path.stem}.metrics.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
+    _write_outputs(path.stem, volumes[method.name], std, _mask_columns(mask), targets, record, info, args)
     return record
 
 
-def _write_outputs(stem: str, rec: np.ndarray, std: np.ndarray | None, targets: dict, record: dict,
-                   info: dict, args: argparse.Namespace) -> None:
-    paths = _output_paths(args.output, stem, args.format, std is not None)
-    # --resume may redo a file whose earlier run stopped part-way: its partial outputs are replaced
-    ow = args.overwrite or args.resume
-    if "png" in paths:
-        with atomic_output(paths["png"], overwrite=ow) as tmp:
-            save_preview(tmp, rec, targets, std, title=f"{stem}: {record['method']}, {record['mask']}")
-    if "nifti" in paths:
-        save_nifti(paths["nifti"], rec, info["voxel_size_mm"], overwrite=ow)
-        if std is not None:
-            save_nifti(paths["nifti_std"], std, info["voxel_size_mm"], overwrite=ow)
-    if "h5" in paths:
-        attrs = {"method": record["method"], "mask": record["mask"], "slices": record["slices"],
-                 "source": record["input"], "acquisition": info["acquisition"] or ""}
-        write_submission(paths["h5"], rec, std=std, attrs=attrs, overwrite=ow)
+def _write_outputs(stem: str, rec: np.ndarray, std: np.ndarray | None, mask: np.ndarray, targets: dict,
+                   record: dict, info: dict, args: argparse.Namespace) -> None:
+    """Write one file's outputs into a staging folder in ``--output``, then move them into place
+    together (:func:`_commit`), ``<stem>.metrics.json`` (the completion marker) last."""
+    final = _output_paths(args.output, stem, args.format, std is not None)
+    stage = Path(tempfile.mkdtemp(dir=args.output, prefix=f".{stem}.partial-"))
+    try:
+        paths = _output_paths(stage, stem, args.format, std is not None)
+        if "h5" in paths:
+            attrs = {"method": record["method"], "mask": record["mask"], "slices": record["slices"],
+                     "source": record["input"], "acquisition": info["acquisition"] or "",
+                     "acceleration": record["acceleration"]["achieved"], "diffinverse_version": __version__,
+                     "options": json.dumps(record["options"], sort_keys=True)}
+            write_submission(paths["h5"], rec, std=std, mask=mask, attrs=attrs)
+        if "nifti" in paths:
+            save_nifti(paths["nifti"], rec, info["voxel_size_mm"])
+            if std is not None:
+                save_nifti(paths["nifti_std"], std, info["voxel_size_mm"])
+        if "png" in paths:
+            with atomic_output(paths["png"]) as tmp:
+                save_preview(tmp, rec, targets, std, title=f"{stem}: {record['method']}, {record['mask']}")
+        with atomic_output(paths["metrics"]) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        # --resume may redo a file whose earlier run stopped part-way: its partial outputs are replaced
+        _commit(paths, final, overwrite=args.overwrite or args.resume)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _commit(staged: dict[str, Path], final: dict[str, Path], *, overwrite: bool) -> None:
+    """Rename staged outputs to their places, the ``"metrics"`` marker last; all or none.
+
+    An existing marker is removed first (the old set is then incomplete for ``--resume``); if a
+    rename fails or is interrupted, the outputs already moved are removed again.
+    """
+    existing = [str(p) for p in final.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"outputs appeared while writing, not overwritten: {', '.join(existing)}")
+    final["metrics"].unlink(missing_ok=True)
+    placed: list[Path] = []
+    try:
+        for key in [k for k in final if k != "metrics"] + ["metrics"]:
+            os.replace(staged[key], final[key])
+            placed.append(final[key])
+    except BaseException:
+        for p in placed:
+            p.unlink(missing_ok=True)
+        raise
 
 
 def save_nifti(path: Path, volume: np.ndarray, voxel_size_mm: tuple[float, float, float] | None, *,
@@ -532,9 +755,16 @@ def _mean_metrics(records: list[dict]) -> dict:
                   for name, m in rows.items()} for key, rows in acc.items()}
 
 
-def _write_summary(out_dir: Path, done: list[dict], failed: dict[str, str], overwrite: bool) -> None:
-    summary = {"files": {r["name"]: r for r in done}, "failed": failed, "mean": _mean_metrics(done)}
-    with atomic_output(out_dir / "metrics.json", overwrite=overwrite) as tmp:
+def _write_summary(out_dir: Path, done: list[dict], failed: dict[str, str], options: dict, *,
+                   interrupted: list[str] | None = None) -> None:
+    """``metrics.json``: the run's options, each file's record, the failures, the means, the
+    achieved accelerations and, after Ctrl-C, the files not finished."""
+    summary = {"options": options, "files": {r["name"]: r for r in done}, "failed": failed,
+               "acceleration": {r["name"]: r.get("acceleration", {}).get("achieved") for r in done},
+               "mean": _mean_metrics(done)}
+    if interrupted is not None:
+        summary["interrupted"] = interrupted
+    with atomic_output(out_dir / "metrics.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
 
 
@@ -558,7 +788,8 @@ def _gather(obj, world: int) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 some file failed, 2 bad options)."""
+    """Run the command line; returns the exit status (:data:`EXIT_OK` 0, :data:`EXIT_FAILED` 1 some
+    file failed, :data:`EXIT_CONFIG` 2 bad options, :data:`EXIT_INTERRUPTED` 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
     rank, world = _distributed()
     try:
@@ -570,9 +801,11 @@ def main(argv: list[str] | None = None) -> int:
             if not args.demo:
                 raise ConfigError("--output DIR is required")
             args.output = Path(tempfile.mkdtemp(prefix="diffinverse-demo-")) if rank == 0 else None
+        if args.output is not None:
+            _check_output_dir(args.output)
     except ConfigError as err:
         print(f"diffinverse-reconstruct: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if device.type == "cpu" and not args.release_memory:
         keep_freed_memory()
 
@@ -586,6 +819,10 @@ def main(argv: list[str] | None = None) -> int:
         args.output = _gather(args.output, world)[0]  # every rank writes where rank 0 does
     try:
         return _run(args, files, device, rank, world)
+    except KeyboardInterrupt:  # outside a file's reconstruction (loading the prior, writing the summary)
+        print(f"\ndiffinverse-reconstruct: interrupted (Ctrl-C); the files whose <name>.metrics.json is in "
+              f"{args.output} are complete; rerun with --resume to finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -599,42 +836,61 @@ def _run(args: argparse.Namespace, all_files: list[Path], device: torch.device, 
     summary_path = args.output / "metrics.json"
     if rank == 0 and summary_path.exists() and not (args.overwrite or args.resume):
         problems.append(f"{summary_path}: already exists; pass --overwrite (or --resume)")
-    method = None
+    method, options = None, None
     if not problems:
         try:
             method = _Method(args, device)
+            options = run_options(args, method)
         except ConfigError as err:
             problems.append(str(err))
+    if not problems and args.resume and not args.overwrite:
+        problems += _resume_conflicts(files, args, options)
     problems = sorted({p for ps in _gather(problems, world) for p in ps})
     if problems:
         if rank == 0:
             for p in problems:
                 print(f"diffinverse-reconstruct: error: {p}", file=sys.stderr)
-        return 2
-    args.output.mkdir(parents=True, exist_ok=True)
+        return EXIT_CONFIG
 
     done, skipped, failed = [], [], {}
+    interrupted = None
     say = tqdm.write if world == 1 else (lambda s: None)
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=len(files), desc="files", unit="file", disable=rank != 0 or None))
         for path in files:
             paths = _output_paths(args.output, path.stem, args.format, args.num_samples > 1)
             try:
-                if args.resume and _is_complete(paths):
+                # --resume --overwrite: outputs made with other options are recomputed, not refused
+                if args.resume and _is_complete(paths) and not _recorded_differences(paths, options):
                     record = json.loads(paths["metrics"].read_text())
                     skipped.append(path.stem)
                 else:
-                    record = reconstruct_file(path, args, method)
+                    record = reconstruct_file(path, args, method, options=options)
                     say(format_table(record))
                 done.append(record)
+            except KeyboardInterrupt:  # caught once: report, keep what is finished, exit 130
+                interrupted = path
+                break
             except Exception as err:  # noqa: BLE001 - any failure of one file is reported, the run goes on
                 failed[path.stem] = f"{type(err).__name__}: {err}"
                 say(f"FAILED {path}: {err}")
             bar.update(1)
 
+    if interrupted is not None:
+        left = files[files.index(interrupted) + 1:]
+        print(f"\ndiffinverse-reconstruct: interrupted (Ctrl-C) during {interrupted.name}, whose outputs were not "
+              f"written. Finished: {', '.join(r['name'] for r in done) or 'none'}"
+              f"{f'; failed: {len(failed)}' if failed else ''}. Not started: "
+              f"{', '.join(p.name for p in left) or 'none'}. Outputs in {args.output}; rerun with --resume to "
+              f"finish.", file=sys.stderr)
+        if world == 1:
+            _write_summary(args.output, sorted(done, key=lambda r: r["name"]), failed, options,
+                           interrupted=[interrupted.stem] + [p.stem for p in left])
+        return EXIT_INTERRUPTED
+
     gathered = _gather((done, skipped, failed), world)
     if rank != 0:
-        return 1 if any(g[2] for g in gathered) else 0
+        return EXIT_FAILED if any(g[2] for g in gathered) else EXIT_OK
     done = sorted((r for g in gathered for r in g[0]), key=lambda r: r["name"])
     skipped = [s for g in gathered for s in g[1]]
     failed = {k: v for g in gathered for k, v in g[2].items()}
@@ -643,12 +899,15 @@ def _run(args: argparse.Namespace, all_files: list[Path], device: torch.device, 
             print(format_table(r))
         for name, msg in failed.items():
             print(f"FAILED {name}: {msg}")
-    _write_summary(args.output, done, failed, overwrite=True)
+    _write_summary(args.output, done, failed, options)
     print(f"\n{len(done) - len(skipped)} reconstructed, {len(skipped)} skipped (complete, --resume), "
           f"{len(failed)} failed; outputs in {args.output}")
     for name, msg in failed.items():
         print(f"  failed: {name}: {msg}")
-    return 1 if failed else 0
+    for r in done:
+        for w in r.get("warnings", []):
+            print(f"  warning: {w}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":

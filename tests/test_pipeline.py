@@ -186,3 +186,19 @@ def test_no_warnings_and_global_rng_untouched():
         reconstruct_kspace(K, acceleration=2, center_fraction=0.3, method="reddiff", num_steps=4,
                            generator=torch.Generator().manual_seed(0))
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("mask_type, shape, cf", [("random", (8, 10), 0.3), ("equispaced", (8, 37), 0.1),
+                                                  ("random", (8, 128), 0.08), ("poisson", (48, 60), 0.08)])
+def test_retrospective_mask_refuses_an_unreachable_acceleration(mask_type, shape, cf):
+    from diffinverse.pipelines.fastmri import acceleration_of, max_acceleration
+
+    largest = max_acceleration(shape, mask_type=mask_type, center_fraction=cf)
+    # at the bound a random mask is its centre lines alone, which achieve exactly the bound; the
+    # equispaced one adds every R-th line, and poisson's dart throwing samples around its box
+    m = retrospective_mask(shape, acceleration=largest, mask_type=mask_type, center_fraction=cf)
+    if mask_type == "random":
+        assert acceleration_of(m) == pytest.approx(largest) and acceleration_of(m[0]) == pytest.approx(largest)
+    assert 1 < acceleration_of(m) <= largest
+    with pytest.raises(ValueError, match=rf"the largest achievable is {largest:.2f}x"):
+        retrospective_mask(shape, acceleration=largest + 1, mask_type=mask_type, center_fraction=cf)

@@ -46,3 +46,18 @@ def test_readme_sampler_block_runs_and_dps_beats_sense(capsys):
     assert (psnr(reference=magnitude(x), estimate=magnitude(x_dps))
             > psnr(reference=magnitude(x), estimate=magnitude(x_sense)) + 2.0)
     assert "SENSE" in capsys.readouterr().out
+
+
+def test_readme_command_line_flags_exist_and_exit_statuses_match():
+    from diffinverse import reconstruct as R
+
+    text = README.read_text()
+    section = text[text.index("## Reconstructing fastMRI files"):text.index("## On your own tensors")]
+    known = {s for a in R.build_parser()._actions for s in a.option_strings}
+    flags = set(re.findall(r"(--[a-z][a-z0-9-]*)", section)) - {"--nproc"}  # --nproc_per_node: torchrun's
+    assert {"--mask-file", "--resume", "--overwrite", "--acceleration"} <= flags
+    assert flags <= known, sorted(flags - known)
+    bad_input = section[section.index("**Bad input.**"):]
+    for status in (R.EXIT_CONFIG, R.EXIT_FAILED, R.EXIT_INTERRUPTED, R.EXIT_OK):
+        assert f"status {status}" in bad_input or f"exit status is {status}" in bad_input, status
+    assert "exit status: 0 done; 1 some file failed" in R.build_parser().format_help().replace("\n", " ").replace("  ", " ")

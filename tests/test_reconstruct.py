@@ -114,7 +114,8 @@ def test_single_coil_file_mask_zero_filled_all_formats(tmp_path, capsys):
                "--format", "h5", "nifti", "png"])
     assert rc == 0
     h5 = read_h5(out / "sc.h5")
-    assert set(h5) == {"reconstruction"} and h5["reconstruction"].dtype == np.float32
+    assert set(h5) == {"reconstruction", "mask"} and h5["reconstruction"].dtype == np.float32
+    np.testing.assert_array_equal(h5["mask"], mask)  # the file's own mask, as fastMRI stores it
     assert h5["reconstruction"].shape == (3, 13, 11)
     with h5py.File(tmp_path / "sc.h5", "r") as f:
         stored, rss, esc = f["kspace"][()], f["reconstruction_rss"][()], f["reconstruction_esc"][()]
@@ -159,7 +160,7 @@ def test_multicoil_retrospective_mask_metrics(tmp_path):
     with h5py.File(tmp_path / "odd.h5", "r") as f:
         rss = f["reconstruction_rss"][1:]
     record = json.loads((out / "odd.metrics.json").read_text())
-    assert record["slices"] == [1, 2] and record["mask"] == "equispaced 2x"
+    assert record["slices"] == [1, 2] and record["mask"].startswith("equispaced 2x requested, ")
     check_metrics(record, out, "odd", {"reconstruction_rss": rss}, ["sense", "zero-filled"])
     assert record["metrics"]["reconstruction_rss"]["sense"]["psnr"] > 30
 
@@ -194,12 +195,13 @@ def test_dps_posterior_writes_std_and_is_deterministic(tmp_path, tiny_priors):
     for name in ("a", "b"):
         out = tmp_path / name
         rc = main([str(tmp_path / "d.h5"), "--sampler", "dps", "--prior", str(tiny_priors[2]), "--steps", "6",
-                   "--sigma-start", "0.5", "--num-samples", "2", "--center-fraction", "0.5", "--seed", "3",
+                   "--sigma-start", "0.5", "--num-samples", "2", "--center-fraction", "0.5", "--acceleration", "2",
+                   "--seed", "3",
                    "--output", str(out), "--format", "h5", "nifti"])
         assert rc == 0
         runs.append(read_h5(out / "d.h5"))
     a, b = runs
-    assert set(a) == {"reconstruction", "std"} and a["std"].shape == a["reconstruction"].shape == (1, 12, 12)
+    assert set(a) == {"reconstruction", "std", "mask"} and a["std"].shape == a["reconstruction"].shape == (1, 12, 12)
     assert a["std"].dtype == np.float32 and (a["std"] >= 0).all() and a["std"].max() > 0
     np.testing.assert_array_equal(a["reconstruction"], b["reconstruction"])
     assert nib.load(tmp_path / "a" / "d_std.nii.gz").shape == (12, 12, 1)
@@ -322,7 +324,7 @@ def test_overwrite_protection_and_resume(tmp_path, capsys):
     for i in range(2):
         make_file(data / f"f{i}.h5", slices=1, shape=(12, 10), recon=(8, 8), seed=i)
     out = tmp_path / "out"
-    args = [str(data), "--sampler", "zero-filled", "--output", str(out), "--center-fraction", "0.3"]
+    args = [str(data), "--sampler", "zero-filled", "--output", str(out), "--center-fraction", "0.3", "--acceleration", "3"]
     assert main(args) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(before) == {"f0.h5", "f0.metrics.json", "f1.h5", "f1.metrics.json", "metrics.json"}
@@ -337,7 +339,7 @@ def test_overwrite_protection_and_resume(tmp_path, capsys):
     assert "1 reconstructed, 1 skipped" in capsys.readouterr().out
     assert (out / "f0.h5").read_bytes() == before["f0.h5"]
     assert sorted(json.loads((out / "metrics.json").read_text())["files"]) == ["f0", "f1"]
-    assert main(args + ["--overwrite", "--acceleration", "2"]) == 0
+    assert main([*args[:-1], "2", "--overwrite"]) == 0
     assert "2 reconstructed, 0 skipped" in capsys.readouterr().out
     assert (out / "f0.h5").read_bytes() != before["f0.h5"]
 
@@ -359,7 +361,8 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
         f.create_dataset("kspace", data=np.ones((1, 12, 10), np.complex64))
         f.create_dataset("mask", data=np.ones(9, bool))
     out = tmp_path / "out"
-    assert main([str(data), "--sampler", "zero-filled", "--output", str(out), "--center-fraction", "0.3"]) == 1
+    assert main([str(data), "--sampler", "zero-filled", "--output", str(out), "--center-fraction", "0.3",
+                 "--acceleration", "3"]) == 1
     printed = capsys.readouterr().out
     assert "1 reconstructed, 0 skipped (complete, --resume), 5 failed" in printed
     failed = json.loads((out / "metrics.json").read_text())["failed"]
@@ -461,7 +464,7 @@ def test_failure_while_writing_leaves_no_partial_file(tmp_path, monkeypatch, cap
     monkeypatch.setattr("nibabel.save", broken)
     out = tmp_path / "out"
     assert main([str(tmp_path / "x.h5"), "--sampler", "zero-filled", "--format", "h5", "nifti",
-                 "--center-fraction", "0.3", "--output", str(out)]) == 1
+                 "--center-fraction", "0.3", "--acceleration", "3", "--output", str(out)]) == 1
     assert "disk full (injected)" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
 
@@ -499,7 +502,8 @@ def test_torchrun_style_sharding_two_cpu_ranks(tmp_path, monkeypatch, capsys):
     for i in range(3):
         make_file(data / f"s{i}.h5", slices=1, shape=(12, 10), recon=(8, 8), seed=i)
     out = tmp_path / "out"
-    argv = [str(data), "--sampler", "zero-filled", "--center-fraction", "0.3", "--device", "cpu", "--output", str(out)]
+    argv = [str(data), "--sampler", "zero-filled", "--center-fraction", "0.3", "--acceleration", "3", "--device", "cpu",
+            "--output", str(out)]
     dist_env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     env = dict(os.environ, **dist_env, RANK="1", LOCAL_RANK="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "diffinverse.reconstruct", *argv], env=env,

@@ -60,7 +60,8 @@ from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["KspaceReconstruction", "SamplerDefaults", "SAMPLER_DEFAULTS", "BASELINES", "METHODS", "MASK_TYPES",
            "WARM_STARTS", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB", "reconstruct_kspace",
-           "build_sampler", "resolve_start", "retrospective_mask", "crop_readout", "calibration_width"]
+           "build_sampler", "resolve_start", "retrospective_mask", "max_acceleration", "acceleration_of",
+           "crop_readout", "calibration_width"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,37 @@ class KspaceReconstruction:
     nfe: int
 
 
+#: side of the fully sampled calibration box of the "poisson" masks (``variable_density_2d``'s default)
+_POISSON_CALIB = 24
+
+
+def max_acceleration(shape: tuple[int, int], *, mask_type: str = "random", center_fraction: float = 0.08) -> float:
+    """The largest acceleration a :func:`retrospective_mask` of ``shape = (h, W)`` can meet.
+
+    A line mask keeps its ``n = round(W * center_fraction)`` central columns whatever the
+    acceleration, so it samples at least ``n`` of ``W`` columns: the bound is ``W / n``
+    (``floor(W / n)`` for ``"equispaced"``, whose acceleration is an integer; ``inf`` when
+    ``n = 0``). A ``"poisson"`` mask keeps its 24 x 24 calibration box: ``h W / 576``.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if mask_type == "poisson":
+        return h * w / (min(_POISSON_CALIB, h) * min(_POISSON_CALIB, w))
+    n_low = round(w * center_fraction)
+    if n_low == 0:
+        return math.inf
+    return float(w // n_low) if mask_type == "equispaced" else w / n_low
+
+
+def acceleration_of(mask: torch.Tensor) -> float:
+    """The achieved acceleration of a 0/1 mask: its number of entries over the sampled ones.
+
+    A ``(W,)`` line mask gives ``W / lines``; an ``(h, W)`` mask ``h W / samples`` (for a line
+    mask constant along ``h`` the same number).
+    """
+    m = torch.as_tensor(mask)
+    return m.numel() / float(m.sum())
+
+
 def retrospective_mask(shape: tuple[int, int], *, acceleration: float, mask_type: str = "random",
                        center_fraction: float = 0.08, generator: torch.Generator | None = None) -> torch.Tensor:
     """A retrospective undersampling mask for fully sampled k-space of ``shape = (h, W)``.
@@ -155,12 +187,20 @@ def retrospective_mask(shape: tuple[int, int], *, acceleration: float, mask_type
 
     Raises:
         ValueError: unknown ``mask_type``, ``acceleration < 1``, a ``center_fraction`` outside
-            ``(0, 1]``, or a non-integer equispaced ``acceleration``.
+            ``(0, 1]``, a non-integer equispaced ``acceleration``, or an acceleration above
+            :func:`max_acceleration` (the message gives the largest achievable).
     """
     if mask_type not in MASK_TYPES:
         raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {mask_type!r}")
     if not 0 < center_fraction <= 1:
         raise ValueError(f"center_fraction must be in (0, 1], got {center_fraction}")
+    largest = max_acceleration(shape, mask_type=mask_type, center_fraction=center_fraction)
+    if math.isfinite(acceleration) and acceleration > largest:
+        fixed = (f"its {_POISSON_CALIB} x {_POISSON_CALIB} calibration box" if mask_type == "poisson" else
+                 f"its {round(shape[1] * center_fraction)} central line(s) (center fraction {center_fraction:g})")
+        raise ValueError(f"a {mask_type} mask of {shape[1]} phase-encode lines cannot reach acceleration "
+                         f"{acceleration:g}: {fixed} are always sampled, so the largest achievable is "
+                         f"{largest:.2f}x")
     if mask_type == "poisson":
         m = variable_density_2d(shape, acceleration, kind="poisson", generator=generator)
     else:
