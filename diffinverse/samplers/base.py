@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -44,6 +45,7 @@ from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
 from diffinverse.priors.schedules import karras
+from diffinverse.samplers.adaptation import Adaptation, AdaptationRecord, adapted
 from diffinverse.samplers.checks import (all_finite, check_batch, check_physics, check_x_init, checked_generator,
                                          state_like)
 from diffinverse.operators.norm import operator_norm_squared
@@ -147,12 +149,20 @@ class DiffusionSampler:
             of hundreds, which pays off where small images leave the GPU bound by kernel launches.
             The physics and the network must be torch code without host synchronisation (not
             the ASTRA CT backend). Not combinable with ``compile``.
+        adapt: test-time adaptation of the prior to the measurement during each run (LoRA
+            adapters trained by Adam on the CG-data-consistent estimate's residual,
+            :mod:`~diffinverse.samplers.adaptation`); needs a network prior and a linear physics.
+            ``None`` (default): the prior as shipped. The shipped weights are never modified.
+            Not combinable with ``cuda_graph`` or ``compile``.
 
     Attributes:
         network: the :class:`~diffinverse.samplers.network.NetworkCall` the steps evaluate.
         sigmas: the full float64 grid of noise levels (CPU), last entry 0.
         last_nfe: network evaluations of the last call (one evaluation = one call of the prior on
             the whole current batch, however many images it holds).
+        last_adaptation: with ``adapt``, the :class:`~diffinverse.samplers.adaptation.AdaptationRecord`
+            of the last call (adapted steps, losses, and the network forward and backward passes
+            adaptation spent, which ``last_nfe`` does not count); else ``None``.
     """
 
     supports_cuda_graph: ClassVar[bool] = False
@@ -165,12 +175,17 @@ class DiffusionSampler:
                  sigma_min: float | None = None, sigma_max: float | None = None,
                  sigma_start: float | None = None, progress: bool = True,
                  callback: Callback | None = None, autocast: bool = False, channels_last: bool = True,
-                 compile: bool | dict = False, cuda_graph: bool = False):
+                 compile: bool | dict = False, cuda_graph: bool = False, adapt: Adaptation | None = None):
         if compile and cuda_graph:
             raise ValueError("give compile or cuda_graph, not both (torch.compile(mode='reduce-overhead') "
                              "replays CUDA graphs itself)")
         if cuda_graph and not self.supports_cuda_graph:
             raise ValueError(f"{type(self).__name__} does not support cuda_graph (its step is not capturable)")
+        if adapt is not None and not isinstance(adapt, Adaptation):
+            raise TypeError(f"adapt must be an Adaptation or None, got {type(adapt).__name__}")
+        if adapt is not None and (cuda_graph or compile):
+            raise ValueError("adapt is not available with cuda_graph or compile (the adapted network changes "
+                             "its weights during the run)")
         self.network = NetworkCall(prior, autocast=autocast, channels_last=channels_last, compile=compile)
         self.prior = prior
         self.sigma_min = float(sigma_min if sigma_min is not None else prior.sigma_min)
@@ -187,6 +202,8 @@ class DiffusionSampler:
         self._graphs = StepGraphs() if cuda_graph else None
         self._grid = None
         self.last_nfe = 0
+        self.adapt = adapt
+        self.last_adaptation: AdaptationRecord | None = None
 
     # -- what a sampler implements ---------------------------------------------------------
 
@@ -347,7 +364,8 @@ class DiffusionSampler:
                 raise ValueError(f"{name} contains NaN or infinite values")
         steps = tqdm(range(len(draws)), disable=not self.progress, desc=type(self).__name__)
         run = self._graphs.run if self._graphs is not None else _run_eagerly
-        x, state, self.last_nfe = run(self, x, y, physics, state, sigmas, levels, draws, generator, steps)
+        with adapted(self, y, physics, state) if self.adapt is not None else nullcontext():
+            x, state, self.last_nfe = run(self, x, y, physics, state, sigmas, levels, draws, generator, steps)
         # in the standard layout, and not the graph's buffer, which the next call overwrites
         x = x.clone(memory_format=torch.contiguous_format) if self._graphs is not None else \
             in_layout(x, torch.contiguous_format)
@@ -424,6 +442,8 @@ def _run_eagerly(sampler: DiffusionSampler, x, y, physics, state, sigmas: torch.
     layout = sampler.state_format(x)
     for i in steps:
         noise = sampler.step_noise(x, generator, draws[i])
+        if sampler.adapt is not None:   # the adapted network trains at the step's first network call
+            sampler.network.arm(i, levels[i])
         x, x0_hat = sampler.step(x, sigmas[i], sigmas[i + 1], noise, y, physics, state)
         x = in_layout(x, layout)   # the network's layout (no copy where the step kept it)
         if sampler.callback is not None:
