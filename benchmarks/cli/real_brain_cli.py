@@ -14,10 +14,18 @@ Usage:
     python benchmarks/cli/real_brain_cli.py /work/shared/data/real/mri_kspace/espirit_brain_alias_8ch.mat \\
         [--masks random equispaced] [--samplers dps reddiff tv] [--acceleration 4] [--seeds 0] \\
         [--options --warm-start tv]
+    python benchmarks/cli/real_brain_cli.py ... --samplers dds reddiff --adapt '{"lr": 1e-3, "every": 2}'
+
+``--adapt JSON`` runs the diffusion samplers with test-time adaptation of the prior
+(:class:`~diffinverse.samplers.adaptation.Adaptation`; the JSON object holds its fields). The
+command line has no option for it yet: for the whole run of this script, the samplers that the
+pipeline builds (:func:`diffinverse.pipelines.fastmri.build_sampler`) get it set, and each row
+adds the network forward and backward passes adaptation spent.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -27,9 +35,12 @@ import numpy as np
 import scipy.io
 import torch
 
+import diffinverse.pipelines.fastmri as pipeline
+import diffinverse.reconstruct as cli
 from diffinverse.operators.coils import rss
 from diffinverse.operators.mri import ifft2c
 from diffinverse.reconstruct import main as reconstruct
+from diffinverse.samplers.adaptation import Adaptation
 
 
 def write_fastmri_file(mat: Path, out: Path) -> None:
@@ -43,6 +54,14 @@ def write_fastmri_file(mat: Path, out: Path) -> None:
         f.attrs["acquisition"] = "AXT1 (ESPIRiT brain_alias_8ch, converted)"
 
 
+def _build_adapted(original, adapt: Adaptation, built: list, *args, **kwargs):
+    """The pipeline's sampler with ``adapt`` set, remembered in ``built``."""
+    sampler = original(*args, **kwargs)
+    sampler.adapt = adapt
+    built.append(sampler)
+    return sampler
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mat", type=Path)
@@ -50,9 +69,15 @@ def main() -> None:
     ap.add_argument("--samplers", nargs="+", default=["dps", "reddiff"])
     ap.add_argument("--acceleration", type=float, default=4.0)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--adapt", type=json.loads, default=None,
+                    help="test-time adaptation of the prior: a JSON object of Adaptation's fields")
     ap.add_argument("--options", nargs=argparse.REMAINDER, default=[],
                     help="further command-line options for every run, e.g. --options --warm-start tv")
     args = ap.parse_args()
+    built: list = []
+    if args.adapt is not None:   # every sampler the pipeline builds in this process adapts
+        build = functools.partial(_build_adapted, pipeline.build_sampler, Adaptation(**args.adapt), built)
+        pipeline.build_sampler = cli.build_sampler = build
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "espirit_brain.h5"
@@ -72,6 +97,11 @@ def main() -> None:
                                  "seconds": record["seconds"],
                                  **{f"{name} psnr/ssim": f"{s['psnr']:.2f} / {s['ssim']:.4f}"
                                     for name, s in scores.items()}})
+                    records = [b.last_adaptation for b in built if b.last_adaptation is not None]
+                    if records:
+                        rows[-1].update(adapt=args.adapt, adapt_forward=sum(r.forward_passes for r in records),
+                                        adapt_backward=sum(r.backward_passes for r in records))
+                        built.clear()
                     print(json.dumps(rows[-1]), flush=True)
 
 
