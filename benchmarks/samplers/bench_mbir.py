@@ -53,7 +53,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -173,31 +172,41 @@ def _rss_mib() -> float:
 
 
 def _peak_mib() -> float:
-    """This process's peak resident memory so far (MiB; ``ru_maxrss`` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory (MiB) since the last :func:`_reset_peak` (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def _reset_peak() -> None:
+    """Reset the peak resident memory to the current one (Linux >= 4.0: ``clear_refs`` 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def memory_child(depth: int, size: int, views: int, chunk: int, steps: int) -> dict:
-    """Peak memory of one MBIR run on a ``depth``-slice CT volume (run in a fresh process).
+    """Peak memory of one MBIR run on a ``depth``-slice CT volume (run in a fresh process; Linux).
 
     ``setup``: resident memory once the prior, the operator, the volume and its sinograms exist;
-    ``network``: the peak increase over it of one network call on a chunk of ``chunk`` slices
-    (the network's share); ``run``: the peak increase of the MBIR run (``steps`` steps) over
-    ``setup``; ``total``: the process's peak.
+    ``network``: the peak over it of one network call on a chunk of ``chunk`` slices alone (the
+    network's share); ``run``: the peak over it of the MBIR run (``steps`` steps); ``total``:
+    ``setup + run``. The peak is reset before each of the two measurements, so that the setup's
+    own transient peak does not count.
     """
     torch.set_num_threads(1)
     x, y, physics = problem(0, depth, size, views)
     prior = load("ct-ellipses")
     setup = _rss_mib()
+    _reset_peak()
     with torch.no_grad():
         prior(torch.randn(chunk, 1, size, size, generator=torch.Generator().manual_seed(0)), torch.tensor(1.0))
     network = _peak_mib() - setup
+    _reset_peak()
     t = time.perf_counter()
     run_mbir(y, physics, prior, steps, 1.0, 100.0, chunk)
     seconds = time.perf_counter() - t
-    total = _peak_mib()
+    run = _peak_mib() - setup
     return {"depth": depth, "voxels": x.numel(), "setup_mib": setup, "network_mib": network,
-            "run_mib": total - setup, "total_mib": total, "seconds": seconds}
+            "run_mib": run, "total_mib": setup + run, "seconds": seconds}
 
 
 def memory_table(depths, size, views, chunk, steps) -> list[dict]:
