@@ -368,10 +368,11 @@ def test_reddiff_update_is_adam_on_the_stated_gradient(prior, problem, as_nonlin
     out = sampler(y, seen_by_sampler, generator=torch.Generator().manual_seed(3), x_init=physics.A_dagger(y))
 
     mu = physics.A_dagger(y).clone().requires_grad_(True)
-    adam = torch.optim.Adam([mu], lr=0.05, betas=(0.9, 0.99), eps=1e-8)
-    g = torch.Generator().manual_seed(3)
     scale = operator_scale(seen_by_sampler, mu)   # ||A||^2: 1 for this mask (and for a nonlinear physics)
     assert scale == pytest.approx(1.0)
+    # eps: the official 1e-8 on the per-entry gradient g * scale / m, i.e. 1e-8 * m / scale on g
+    adam = torch.optim.Adam([mu], lr=0.05, betas=(0.9, 0.99), eps=1e-8 * y[0].numel() / scale)
+    g = torch.Generator().manual_seed(3)
     for sigma in sampler.sigmas[:-1].tolist():
         eps = torch.randn(mu.shape, generator=g)
         with torch.no_grad():

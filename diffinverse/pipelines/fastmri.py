@@ -88,8 +88,9 @@ class SamplerDefaults:
 
 
 SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
-    "dps": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.2, options={"zeta": 4.0}),
-    "reddiff": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.2, options={"lam": 0.01, "lr": 0.05}),
+    "dps": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.2,
+                           options={"zeta": 4.0, "squared_norm": False}),
+    "reddiff": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.2, options={"lam": 0.08, "lr": 0.05}),
     "dds": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.3, options={"gamma": 10.0, "eta": 1.0}),
 }
 """Name (a key of :data:`~diffinverse.samplers.SAMPLERS`) -> this pipeline's settings."""
@@ -274,7 +275,8 @@ def build_sampler(method: str, prior, *, num_steps: int | None = None, sampler_o
     num_steps = defaults.num_steps if num_steps is None else num_steps
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return spec.cls(prior, num_steps=num_steps, progress=progress, autocast=autocast,
+    # the start (warm or cold) is chosen per call (resolve_start), never by the sampler's default
+    return spec.cls(prior, num_steps=num_steps, progress=progress, autocast=autocast, sigma_start=None,
                     **{**defaults.options, **options})
 
 

@@ -38,7 +38,7 @@ from diffinverse.samplers.data_consistency import cg_data_consistency
 
 __all__ = ["DDS", "renoise"]
 
-NUM_STEPS, GAMMA, ETA, SIGMA_START = 50, 3.0, 1.0, 0.3
+NUM_STEPS, GAMMA, ETA, SIGMA_START = 50, 10.0, 1.0, 0.2
 """Defaults: steps of the full grid, the relative CG weight, the share of fresh noise and the
 warm-start level, chosen on the tuning images of every task of :mod:`diffinverse.tasks`
 (``benchmarks/samplers/tune_defaults.py``; the official scripts use ``eta`` 0.85 from a cold start)."""

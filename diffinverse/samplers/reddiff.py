@@ -28,7 +28,8 @@ and ``lam`` weighs two terms in image units whatever the operator's scale, the n
 measurements or coils. The official code (github.com/NVlabs/RED-diff, ``algos/reddiff.py``) takes
 both terms as means over entries (the data term over the ``m`` entries of ``y``, the regulariser
 over the ``d`` entries of ``mu``); its ``lambda`` is this one times ``||A||^2 d / m``, so its
-settings change with the sampling fraction, the number of coils and the operator. Means are per
+settings change with the sampling fraction, the number of coils and the operator. Adam's ``eps``
+acts as the official 1e-8 on those per-entry means (the same updates for matching settings). Means are per
 batch item, so a batch of ``N`` samples behaves exactly as ``N`` separate runs. The noise level of
 ``y`` enters nowhere: ``lam`` sets the balance between data and prior.
 
@@ -138,9 +139,10 @@ class REDDiff(DiffusionSampler):
             x0_hat = self.denoise(torch.addcmul(mu, noise, sigma.to(mu.dtype)), sigma)
         # gradient with the data term relative to s = ||A||^2:
         #   g = grad_data / s + lam * w(sigma) / sigma * (mu - x0_hat).
-        # Adam is run on s * g (Adam is invariant to a constant gradient scale, up to its eps,
-        # which here applies to s * g), with one kernel less
-        scale = state["scale"]
+        # Adam is run on s * g with eps * m (m entries of y): Adam is invariant to a constant
+        # gradient scale k when eps is scaled by k, so this is the official code's Adam (eps 1e-8
+        # on its per-entry means, g s / m), with one kernel less
+        scale, n_y = state["scale"], y.numel() // y.shape[0]
         prior_weight = self.lam * _WEIGHTS[self.weighting](sigma) / sigma * scale
         if state["aty"] is not None:
             # out of place: A^H A may return its input itself (an identity physics)
@@ -151,7 +153,7 @@ class REDDiff(DiffusionSampler):
         # Adam (Kingma & Ba, Algorithm 1, with bias corrections) as one fused in-place update of mu
         # and its moments (torch.optim's functional Adam; it advances the step count)
         adam([mu], [g], [state["m"]], [state["v"]], [], [state["count"]], fused=True, amsgrad=False,
-             beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps,
+             beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps * n_y,
              maximize=False)
         return mu, x0_hat
 
