@@ -188,3 +188,21 @@ def test_ct_views_as_candidates_and_the_view_masked_operator():
         ViewMaskedCT(ct, torch.ones(3, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="num_angles"):
         ct_view_candidates((6,))
+
+
+def test_the_kernels_differ_where_one_particle_is_far():
+    """Two one-entry candidates: 15 particles agree on candidate 0 and one lies 6 away; on
+    candidate 1 all 16 spread evenly over [-1.5, 1.5]. The exact entropy of the particles' kernel
+    density (by quadrature) is larger for candidate 1, and the gmm kernel (an estimate of it)
+    picks 1; the ads kernel's positive exponent weights the largest distance exponentially, so the
+    one far particle makes it pick 0."""
+    s = 0.5
+    predicted = torch.stack([torch.cat([torch.zeros(15), torch.tensor([6.0])]),
+                             torch.linspace(-1.5, 1.5, 16)], dim=1).double()              # (16 particles, 2)
+    t = torch.linspace(-10, 16, 20001, dtype=torch.float64)
+    density = torch.exp(-(t[:, None, None] - predicted) ** 2 / (2 * s**2)).mean(1) / math.sqrt(2 * math.pi * s**2)
+    exact = -(density * density.clamp_min(1e-300).log()).sum(0) * (t[1] - t[0])          # (2,)
+    groups = torch.tensor([0, 1])
+    assert int(exact.argmax()) == 1
+    assert int(candidate_entropies(predicted, groups, 2, s=s, kernel="gmm").argmax()) == 1
+    assert int(candidate_entropies(predicted, groups, 2, s=s, kernel="ads").argmax()) == 0

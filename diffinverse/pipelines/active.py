@@ -259,27 +259,24 @@ def save_acquisition_order(path: str | os.PathLike, result: ActiveKspaceReconstr
         FileExistsError: ``path`` exists and ``overwrite`` is false.
     """
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    # a Figure of its own, no pyplot: the caller's backend and figures are left alone
     w = result.mask.numel()
-    fig, ax = plt.subplots(figsize=(8, 2.2), dpi=100)
-    try:
-        ax.bar(list(result.initial_lines), [1] * len(result.initial_lines), width=1.0, color="0.6",
-               label="initial centre")
-        cmap = plt.get_cmap("viridis")
-        n = max(len(result.order), 1)
-        colours = [cmap(i / max(n - 1, 1)) for i in range(len(result.order))]
-        ax.bar(list(result.order), [1] * len(result.order), width=1.0, color=colours)
-        mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(1, n), cmap=cmap)
-        fig.colorbar(mappable, ax=ax, label="acquisition")
-        ax.set(xlim=(-0.5, w - 0.5), ylim=(0, 1), yticks=[], xlabel="phase-encode line",
-               title=title or f"ADS: {len(result.order)} lines chosen after {len(result.initial_lines)} "
-                              f"centre lines ({result.acceleration:.1f}x)")
-        ax.legend(loc="upper right", fontsize=7)
-        fig.tight_layout()
-        with atomic_output(path, overwrite=overwrite) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(8, 2.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.bar(list(result.initial_lines), [1] * len(result.initial_lines), width=1.0, color="0.6",
+           label="initial centre")
+    cmap = matplotlib.colormaps["viridis"]
+    n = max(len(result.order), 1)
+    ax.bar(list(result.order), [1] * len(result.order), width=1.0,
+           color=[cmap(i / max(n - 1, 1)) for i in range(len(result.order))])
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(1, n), cmap=cmap), ax=ax,
+                 label="acquisition")
+    ax.set(xlim=(-0.5, w - 0.5), ylim=(0, 1), yticks=[], xlabel="phase-encode line",
+           title=title or f"ADS: {len(result.order)} lines chosen after {len(result.initial_lines)} "
+                          f"centre lines ({result.acceleration:.1f}x)")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png")
