@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -115,6 +116,7 @@ from diffinverse.pipelines.fastmri import (
     resolve_start,
     retrospective_mask,
 )
+from diffinverse.samplers.adaptation import Adaptation
 from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["main", "build_parser", "reconstruct_file", "run_options", "save_nifti", "save_preview", "format_table",
@@ -127,6 +129,9 @@ _DEPRECATED_OPTIONS = {"zeta": "dps", "lr": "reddiff", "lam": "reddiff"}
 # retrospective-mask options: their defaults, applied when no --mask-file is given
 _MASK_DEFAULTS = {"mask": "random", "acceleration": 4.0, "center_fraction": 0.08}
 DEFAULT_PRIOR = "mri-brain"
+_ADAPT_OPTIONS = {"lr": (float, 3e-4), "every": (int, 3), "steps": (int, 1), "rank": (int, 4)}
+"""``--adapt-*`` options: type and default (chosen on real training-set head slices,
+``benchmarks/samplers/adaptation_results.md``)."""
 #: exit statuses: all done; some file failed; configuration error before any work; Ctrl-C
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -187,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     for option, sampler in _DEPRECATED_OPTIONS.items():
         p.add_argument(f"--{option}", dest=f"deprecated_{option}", type=SAMPLERS[sampler].options[option],
                        default=None, metavar=option.upper(), help=f"deprecated: use {_flag(sampler, option)}")
+    p.add_argument("--adapt", action="store_true",
+                   help="test-time adaptation of the prior: LoRA adapters trained on this file's measurements "
+                        "during sampling (diffusion samplers only; the prior's weights are never changed). "
+                        "Measured on real head images: within +-0.2 dB of no adaptation (benchmarks/samplers/"
+                        "adaptation_results.md); learning rates of 1e-3 and above lost 0.4 dB or more")
+    for option, (kind, default) in _ADAPT_OPTIONS.items():
+        p.add_argument(f"--adapt-{option}", dest=f"adapt_{option}", type=kind, default=None,
+                       metavar=option.upper(), help=f"with --adapt: Adaptation's {option} (default: {default:g})")
     p.add_argument("--bf16", action="store_true",
                    help="run the prior's network in bfloat16 (autocast; diffusion samplers only): faster where "
                         "the hardware has bf16 units (CPUs with AVX512-BF16 or AMX, recent GPUs)")
@@ -256,7 +269,10 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.sampler != sampler:
             raise ConfigError(f"{_flag(sampler, option)} applies to --sampler {sampler}, not {args.sampler}")
         # the ranges are the sampler's own (checked when it is built); finiteness is checked above
-    for option in ("prior", "warm_start", "bf16"):
+    given_adapt = [f"--adapt-{o}" for o in _ADAPT_OPTIONS if getattr(args, f"adapt_{o}") is not None]
+    if given_adapt and not args.adapt:
+        raise ConfigError(f"{', '.join(given_adapt)} need(s) --adapt")
+    for option in ("prior", "warm_start", "bf16", "adapt"):
         if getattr(args, option) and args.sampler not in SAMPLER_DEFAULTS:
             raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
                               f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")
@@ -425,7 +441,8 @@ def run_options(args: argparse.Namespace, method: _Method) -> dict:
         warm_start, sigma_start = method.used_start
         options.update(prior=args.prior, steps=method.used_steps, warm_start=warm_start, sigma_start=sigma_start,
                        sampler_options={**SAMPLER_DEFAULTS[method.name].options, **method.options},
-                       num_samples=method.num_samples, bf16=bool(method.bf16))
+                       num_samples=method.num_samples, bf16=bool(method.bf16),
+                       adapt=None if method.adapt is None else dataclasses.asdict(method.adapt))
     return json.loads(json.dumps(options))  # as read back from a record
 
 
@@ -533,12 +550,19 @@ class _Method:
         self.warm_start = args.warm_start
         self.steps = args.steps
         self.bf16 = args.bf16
+        self.adapt = None
+        if args.adapt:
+            try:
+                self.adapt = Adaptation(**{o: (d if getattr(args, f"adapt_{o}") is None else getattr(args, f"adapt_{o}"))
+                                           for o, (_, d) in _ADAPT_OPTIONS.items()})
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"--adapt: {err}") from None
         if self.name in SAMPLER_DEFAULTS:
             self.prior = _load_prior(args.prior, device)
             self.options = _options_of(args, self.name)
             try:
                 sampler = build_sampler(self.name, self.prior, num_steps=self.steps, sampler_options=self.options,
-                                        autocast=self.bf16)
+                                        autocast=self.bf16, adapt=self.adapt)
                 # what the run will use, for the record; reconstruct_kspace resolves the same
                 self.used_steps = self.steps or SAMPLER_DEFAULTS[self.name].num_steps
                 self.used_start = resolve_start(sampler, method=self.name, warm_start=self.warm_start,
@@ -557,7 +581,7 @@ class _Method:
             settings = {"prior": self.prior, "num_steps": self.steps, "warm_start": self.warm_start,
                         "sigma_start": self.sigma_start, "cold_start": self.cold_start,
                         "sampler_options": self.options, "num_samples": self.num_samples, "autocast": self.bf16,
-                        "generator": generator}
+                        "generator": generator, "adapt": self.adapt}
         return reconstruct_kspace(k, mask, method=self.name, recon_size=recon_size, device=self.device, **settings)
 
     def describe(self) -> str:
@@ -566,7 +590,8 @@ class _Method:
         warm_start, sigma_start = self.used_start
         start = "cold start" if sigma_start is None else f"warm start from {warm_start} at sigma {sigma_start:g}"
         network = ", network in bf16" if self.bf16 else ""
-        return f"{self.name} ({self.used_steps} steps, {start}, {self.num_samples} sample(s){network})"
+        adapted = f", adapted (LoRA rank {self.adapt.rank}, lr {self.adapt.lr:g})" if self.adapt else ""
+        return f"{self.name} ({self.used_steps} steps, {start}, {self.num_samples} sample(s){network}{adapted})"
 
 
 def _load_prior(name: str, device: torch.device):

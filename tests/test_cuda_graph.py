@@ -21,8 +21,9 @@ from diffinverse.samplers.dps import DPS
 from diffinverse.samplers.reddiff import REDDiff
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-SAMPLERS = {"DPS": lambda net, **kw: DPS(net, zeta=1.0, progress=False, **kw, sigma_start=None, squared_norm=False),
-            "REDDiff": lambda net, **kw: REDDiff(net, progress=False, **kw, sigma_start=None)}
+SAMPLERS = {"DPS": lambda net, **kw: DPS(net, **{"zeta": 1.0, "progress": False, "sigma_start": None,
+                                                  "squared_norm": False, **kw}),
+            "REDDiff": lambda net, **kw: REDDiff(net, **{"progress": False, "sigma_start": None, **kw})}
 
 
 def _unet(device="cpu") -> UNet:

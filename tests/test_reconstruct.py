@@ -233,6 +233,25 @@ def test_reddiff_options_reach_the_sampler(tmp_path, tiny_priors):
     assert np.abs(rec["lam0"] - rec["default"]).max() > 1e-3 * np.abs(rec["default"]).max()
 
 
+def test_adapt_trains_adapters_during_the_run_and_is_recorded(tmp_path, tiny_priors):
+    """--adapt changes the reconstruction (LoRA adapters trained on the file's measurements), leaves
+    the prior file untouched, and is part of the recorded options that --resume compares."""
+    make_file(tmp_path / "a.h5", slices=1, shape=(16, 16), recon=(16, 16))
+    before = Path(tiny_priors[2]).read_bytes()
+    common = [str(tmp_path / "a.h5"), "--sampler", "dds", "--prior", str(tiny_priors[2]), "--steps", "8",
+              "--center-fraction", "0.25", "--format", "h5"]
+    assert main([*common, "--output", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--output", str(tmp_path / "adapted"), "--adapt", "--adapt-lr", "0.01",
+                 "--adapt-every", "1"]) == 0
+    plain, adapted = (read_h5(tmp_path / d / "a.h5")["reconstruction"] for d in ("plain", "adapted"))
+    assert np.abs(adapted - plain).max() > 1e-4 * np.abs(plain).max()
+    assert Path(tiny_priors[2]).read_bytes() == before
+    record = json.loads((tmp_path / "adapted" / "a.metrics.json").read_text())
+    assert record["options"]["adapt"]["lr"] == 0.01 and record["options"]["adapt"]["every"] == 1
+    assert "adapted (LoRA rank 4" in record["method"]
+    assert json.loads((tmp_path / "plain" / "a.metrics.json").read_text())["options"]["adapt"] is None
+
+
 def test_bf16_runs_the_network_in_bfloat16(tmp_path, monkeypatch):
     # --bf16 reaches the sampler: the prior runs under bf16 autocast, and the output is the
     # float32 run's up to bf16 rounding; the record says how the network ran. (The shipped prior:
@@ -392,6 +411,9 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     (["--sampler", "reddiff", "--reddiff-lam", "-1"], "--sampler reddiff: "),   # the sampler's own range check
     (["--sampler", "dps", "--dps-zeta", "nan"], "--dps-zeta must be a finite number, got nan"),
     (["--sampler", "dps", "--sigma-start", "1e6"], "exceeds the prior's largest noise level"),
+    (["--sampler", "dds", "--adapt-lr", "1e-3"], "--adapt-lr need(s) --adapt"),
+    (["--sampler", "tv", "--adapt"], "--adapt applies to the diffusion samplers (dps, reddiff, dds), not tv"),
+    (["--sampler", "dds", "--adapt", "--adapt-rank", "0"], "--adapt: "),   # Adaptation's own range check
 ])
 def test_configuration_errors_exit_2_before_writing(tmp_path, capsys, tiny_priors, extra, message):
     make_file(tmp_path / "x.h5", slices=1, shape=(12, 10), recon=(8, 8))

@@ -41,8 +41,8 @@ def _magnitude(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_shipped_names_files_and_metadata():
-    assert available() == ["ct-ellipses", "mri-brain"]
-    for name, channels in (("mri-brain", 2), ("ct-ellipses", 1)):
+    assert available() == ["ct-ellipses", "mri-brain", "mri-brain-latent"]
+    for name, channels in (("mri-brain", 2), ("ct-ellipses", 1), ("mri-brain-latent", 2)):
         path = WEIGHTS / f"{name}.safetensors"
         assert path.stat().st_size < 4 * 2**20, f"{path} exceeds 4 MB"
         assert (WEIGHTS / f"{name}.md").is_file(), f"{name} has no model card"

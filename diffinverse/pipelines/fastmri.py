@@ -56,6 +56,7 @@ from diffinverse.imaging import from_prior_range, magnitude, per_item, to_prior_
 from diffinverse.operators.coils import estimate_coil_maps, rss
 from diffinverse.operators.masks import equispaced_lines, random_lines, variable_density_2d
 from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels, to_complex
+from diffinverse.samplers.adaptation import Adaptation
 from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["KspaceReconstruction", "SamplerDefaults", "SAMPLER_DEFAULTS", "BASELINES", "METHODS", "MASK_TYPES",
@@ -245,7 +246,7 @@ def calibration_width(mask: torch.Tensor, *, max_width: int = MAX_CALIB) -> int:
 
 
 def build_sampler(method: str, prior, *, num_steps: int | None = None, sampler_options: Mapping | None = None,
-                  autocast: bool = False, progress: bool = False):
+                  autocast: bool = False, progress: bool = False, adapt: Adaptation | None = None):
     """The diffusion sampler ``method`` with this pipeline's settings (:data:`SAMPLER_DEFAULTS`).
 
     Args:
@@ -256,6 +257,8 @@ def build_sampler(method: str, prior, *, num_steps: int | None = None, sampler_o
             ``{"zeta": 2.0}`` for DPS), over the pipeline's defaults.
         autocast: run the network in bfloat16 (the sampler's ``autocast``).
         progress: show the sampler's progress bar.
+        adapt: test-time adaptation of the prior during sampling
+            (:class:`~diffinverse.samplers.adaptation.Adaptation`), or ``None``.
 
     Raises:
         ValueError: unknown method or option, a prior without 2 channels, ``num_steps < 1``, or an
@@ -276,7 +279,7 @@ def build_sampler(method: str, prior, *, num_steps: int | None = None, sampler_o
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     # the start (warm or cold) is chosen per call (resolve_start), never by the sampler's default
-    return spec.cls(prior, num_steps=num_steps, progress=progress, autocast=autocast, sigma_start=None,
+    return spec.cls(prior, num_steps=num_steps, progress=progress, autocast=autocast, sigma_start=None, adapt=adapt,
                     **{**defaults.options, **options})
 
 
@@ -353,7 +356,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
                        warm_start: str | None = None, sigma_start: float | None = None, cold_start: bool = False,
                        sampler_options: Mapping | None = None, num_samples: int = 1, autocast: bool = False,
                        generator: torch.Generator | None = None, device: str | torch.device | None = None,
-                       progress: bool = False) -> KspaceReconstruction:
+                       progress: bool = False, adapt: Adaptation | None = None) -> KspaceReconstruction:
     """Reconstruct a batch of MRI slices from (undersampled) k-space; see the module docstring.
 
     Example:
@@ -397,6 +400,9 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
             The same seed on the same device gives the same images.
         device: where to compute (default: ``kspace``'s device).
         progress: show the sampler's progress bar.
+        adapt: test-time adaptation of the prior (LoRA adapters trained on the measurement during
+            sampling, :class:`~diffinverse.samplers.adaptation.Adaptation`; the prior's weights are
+            never changed), or ``None``.
 
     Returns:
         :class:`KspaceReconstruction` (image, std, complex image, baselines, mask, NFE).
@@ -431,12 +437,13 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
             with torch.random.fork_rng(devices=[]):
                 prior = load(prior, device=device).eval()
         sampler = build_sampler(method, prior, num_steps=num_steps, sampler_options=sampler_options,
-                                autocast=autocast, progress=progress)
+                                autocast=autocast, progress=progress, adapt=adapt)
         warm_start, sigma_start = resolve_start(sampler, method=method, warm_start=warm_start,
                                                 sigma_start=sigma_start, cold_start=cold_start)
     else:
         given = {"num_steps": num_steps, "warm_start": warm_start, "sigma_start": sigma_start,
-                 "sampler_options": sampler_options, "cold_start": cold_start or None, "autocast": autocast or None}
+                 "sampler_options": sampler_options, "cold_start": cold_start or None, "autocast": autocast or None,
+                 "adapt": adapt}
         unused = [name for name, value in given.items() if value is not None]
         if unused:
             raise ValueError(f"{', '.join(unused)} applies to the diffusion samplers "
