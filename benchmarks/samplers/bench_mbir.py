@@ -209,13 +209,20 @@ def memory_child(depth: int, size: int, views: int, chunk: int, steps: int) -> d
             "run_mib": run, "total_mib": setup + run, "seconds": seconds}
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+"""glibc settings of the memory children: every allocation of 64 KiB or more is its own mapping,
+returned to the system when freed, so that resident memory counts live tensors only (with glibc's
+defaults freed memory stays in the process and is reused, and the increases measured are noise)."""
+
+
 def memory_table(depths, size, views, chunk, steps) -> list[dict]:
-    """:func:`memory_child` for each depth, each in its own process (peaks do not carry over)."""
+    """:func:`memory_child` for each depth, each in its own process (peaks do not carry over),
+    under :data:`MALLOC_ENV`."""
     rows = []
     for depth in depths:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(depth), "--size", str(size),
                               "--views", str(views), "--chunk", str(chunk), "--steps", str(steps)],
-                             check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **MALLOC_ENV})
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(f"D {depth:4d} ({r['voxels']:8d} voxels): setup {r['setup_mib']:7.1f} MiB, network +{r['network_mib']:6.1f}, "
