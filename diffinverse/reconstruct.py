@@ -6,9 +6,11 @@ Usage::
     diffinverse-reconstruct FILE_OR_DIR --output out/            # defaults: DPS, mri-brain prior, 4x
     diffinverse-reconstruct data/ --sampler sense --mask equispaced --acceleration 8 --output out/
     diffinverse-reconstruct data/ --sampler reddiff --reddiff-lr 0.02 --output out/
+    diffinverse-reconstruct data/ --sampler ads --acceleration 8 --output out/  # ADS chooses the lines
     torchrun --nproc_per_node=4 -m diffinverse.reconstruct data/ --output out/   # one file per rank
 
-This module is the command line around :func:`diffinverse.pipelines.reconstruct_kspace`, which
+This module is the command line around :func:`diffinverse.pipelines.reconstruct_kspace` (and,
+for ``--sampler ads``, :func:`~diffinverse.pipelines.active.active_reconstruct_kspace`), which
 holds the MRI pipeline (readout crop, coil maps, baselines, scaling into the prior's range,
 warm start, sampling; see :mod:`diffinverse.pipelines.fastmri`). What the command adds, per file
 (read lazily with :class:`~diffinverse.datasets.fastmri.FastMRIFile`, ``--batch-size`` slices at
@@ -25,22 +27,40 @@ a time):
    samplers draw from a second generator seeded likewise (plus one). An acceleration the mask
    cannot reach (its central lines alone sample more) is refused before any work, naming the
    largest achievable; the achieved acceleration (lines over sampled lines) is what is reported.
+   ``--sampler ads`` (Active Diffusion Subsampling, :mod:`diffinverse.pipelines.active`) instead
+   chooses each slice's lines of a fully sampled file while sampling, one slice at a time: the
+   ``max(1, round(W * --center-fraction))`` centre lines first, then, where its particles
+   disagree most, more up to ``round(W / --acceleration)`` lines in all. ``--mask`` and
+   ``--mask-file`` are refused with it, an acceleration that leaves no line beyond the centre is
+   refused before any work, and a file with its own mask fails (ADS needs all lines to choose
+   from). Its particles draw from the samplers' generator (seeded as above, plus one).
 3. **Options.** ``--sampler`` picks a method of the pipeline; each diffusion sampler's own
    options (its :class:`~diffinverse.samplers.SamplerSpec` ``options``) are offered as
    ``--SAMPLER-OPTION`` (``--dps-zeta``, ``--reddiff-lam``, ``--dds-gamma``, ...), defaults from
    :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`. The former ``--zeta``, ``--lam`` and
-   ``--lr`` are still accepted, with a ``FutureWarning`` naming the new option.
+   ``--lr`` are still accepted, with a ``FutureWarning`` naming the new option. ``--sampler ads``
+   (not one of the pipeline's methods: the command's :data:`CHOICES` add it) takes
+   ``--ads-particles`` and ``--ads-sampler`` (defaults
+   :data:`~diffinverse.pipelines.active.ACTIVE_DEFAULTS`), the particle sampler's own options,
+   ``--steps``, ``--sigma-start``, ``--prior`` and ``--bf16``; it refuses ``--num-samples > 1``
+   (the particles are the samples), ``--warm-start tv`` (the particles start from SENSE of the
+   centre lines) and ``--adapt``.
 4. **Outputs** in ``--output``: ``<name>.h5`` in fastMRI's submission layout (``reconstruction``
    float32 magnitude ``(S, h, w)``, centre-cropped, plus ``std`` with ``--num-samples N > 1``, the
    ``mask`` as fastMRI stores it, and attributes ``options`` (JSON of :func:`run_options`),
-   ``diffinverse_version``, ``acceleration``), optionally ``<name>.nii.gz`` (and
-   ``<name>_std.nii.gz``, see :func:`save_nifti` for the affine) and ``<name>.png`` previews,
-   and ``<name>.metrics.json``, which marks the file complete for ``--resume``; finally
-   ``metrics.json`` over all files. A file's outputs are written into a hidden staging folder
-   in ``--output`` and renamed into place together, ``<name>.metrics.json`` last; if anything
-   fails or is interrupted before the last rename, the ones already moved are removed, so a
-   file's outputs appear all together or not at all. Files are created with the permissions a
-   plain write gives (the umask's). Metrics (NMSE, PSNR, SSIM; fastMRI's conventions, see
+   ``diffinverse_version``, ``acceleration``; with ``--sampler ads``: ``std`` of the particles,
+   ``mask`` ``(S, W)``, one row of 0/1 lines per reconstructed slice where fastMRI stores one
+   ``(W,)`` row per file (attribute ``mask_layout = "slices"``; ``--mask-file`` refuses it),
+   ``order`` ``(S, budget)`` int32, each slice's chosen lines in acquisition order, and the
+   acceleration attribute the mean over slices), ``<name>.order.png`` with ``--sampler ads``
+   whatever ``--format`` (the acquisition order, one row per slice), optionally
+   ``<name>.nii.gz`` (and ``<name>_std.nii.gz``, see :func:`save_nifti` for the affine) and
+   ``<name>.png`` previews, and ``<name>.metrics.json``, which marks the file complete for
+   ``--resume`` (the order PNG is part of a complete output); finally ``metrics.json`` over all
+   files. A file's outputs are written into a hidden staging folder in ``--output`` and renamed
+   into place together, ``<name>.metrics.json`` last; if anything fails or is interrupted before
+   the last rename, the ones already moved are removed, so a file's outputs appear all together
+   or not at all. Files are created with the permissions a plain write gives (the umask's). Metrics (NMSE, PSNR, SSIM; fastMRI's conventions, see
    :mod:`diffinverse.metrics`) are computed against ``reconstruction_rss`` /
    ``reconstruction_esc`` when present, for the chosen method and the baselines.
 
@@ -55,9 +75,10 @@ recomputes those and still skips the matching ones).
 Exit status: 0 every file reconstructed (or skipped by ``--resume``); 1 some file failed (each
 is reported, the others go on); 2 a configuration error found before any reconstruction
 (options, prior, output folder that is a file or cannot be written, existing outputs, an
-unreachable acceleration, an unusable ``--mask-file``); 130 interrupted (Ctrl-C), after saying
-which files were finished and which were not. A file whose whole selected k-space is zero
-fails; all-zero slices among others give a warning naming the file and the slices.
+unreachable acceleration, an unusable ``--mask-file``, options ``--sampler ads`` refuses); 130
+interrupted (Ctrl-C), after saying which files were finished and which were not. A file whose
+whole selected k-space is zero fails; all-zero slices among others give a warning naming the
+file and the slices.
 
 Under ``torchrun`` (``WORLD_SIZE``/``RANK`` set), rank ``r`` of ``K`` takes files ``r, r+K, ...``
 (``nccl`` with one GPU per rank, ``gloo`` on CPU); rank 0 gathers the results, writes
@@ -93,6 +114,7 @@ import warnings
 import zlib
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -104,6 +126,7 @@ from diffinverse._io import atomic_output
 from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, read_mask, write_submission
 from diffinverse.datasets.volumes import write_nifti
 from diffinverse.memory import keep_freed_memory
+from diffinverse.pipelines.active import ACTIVE_DEFAULTS, active_reconstruct_kspace, line_budget, save_acquisition_order
 from diffinverse.pipelines.fastmri import (
     BASELINES,
     MASK_TYPES,
@@ -129,6 +152,13 @@ _DEPRECATED_OPTIONS = {"zeta": "dps", "lr": "reddiff", "lam": "reddiff"}
 # retrospective-mask options: their defaults, applied when no --mask-file is given
 _MASK_DEFAULTS = {"mask": "random", "acceleration": 4.0, "center_fraction": 0.08}
 DEFAULT_PRIOR = "mri-brain"
+ACTIVE = "ads"
+"""The command's one method that is not the pipeline's (:data:`~diffinverse.pipelines.fastmri.METHODS`):
+Active Diffusion Subsampling, which chooses each slice's lines (:mod:`diffinverse.pipelines.active`)."""
+CHOICES = (*METHODS, ACTIVE)
+"""``--sampler``'s choices."""
+_ACTIVE_OPTIONS = ("particles", "sampler")
+"""``--ads-*`` options (their defaults: :data:`~diffinverse.pipelines.active.ACTIVE_DEFAULTS`)."""
 _ADAPT_OPTIONS = {"lr": (float, 3e-4), "every": (int, 3), "steps": (int, 1), "rank": (int, 4)}
 """``--adapt-*`` options: type and default (chosen on real training-set head slices,
 ``benchmarks/samplers/adaptation_results.md``)."""
@@ -159,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reconstruct fastMRI HDF5 files (single- or multi-coil) with a diffusion prior or a baseline.")
     p.add_argument("inputs", nargs="*", type=Path, help="fastMRI .h5 files or directories of them")
     p.add_argument("--demo", action="store_true", help="reconstruct the bundled 8-coil brain demo file")
-    p.add_argument("--sampler", choices=METHODS, default="dps", help="reconstruction method (default: dps)")
+    p.add_argument("--sampler", choices=CHOICES, default="dps",
+                   help="reconstruction method (default: dps); 'ads' (Active Diffusion Subsampling) chooses each "
+                        "slice's lines of a fully sampled file while sampling and saves them")
     p.add_argument("--prior", default=None,
                    help=f"shipped prior name or .safetensors path, diffusion samplers only (default: {DEFAULT_PRIOR})")
     p.add_argument("--mask", choices=MASK_TYPES, default=None,
@@ -192,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     for option, sampler in _DEPRECATED_OPTIONS.items():
         p.add_argument(f"--{option}", dest=f"deprecated_{option}", type=SAMPLERS[sampler].options[option],
                        default=None, metavar=option.upper(), help=f"deprecated: use {_flag(sampler, option)}")
+    p.add_argument("--ads-particles", dest="ads_particles", type=int, default=None, metavar="N",
+                   help=f"with --sampler ads: particles (their disagreement chooses the next line; their mean is "
+                        f"the reconstruction, their std the std) (default: {ACTIVE_DEFAULTS['num_particles']})")
+    p.add_argument("--ads-sampler", dest="ads_sampler", choices=tuple(SAMPLER_DEFAULTS), default=None,
+                   help=f"with --sampler ads: the sampler that moves the particles; its own options "
+                        f"(--dds-gamma, ...) apply (default: {ACTIVE_DEFAULTS['sampler']})")
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation of the prior: LoRA adapters trained on this file's measurements "
                         "during sampling (diffusion samplers only; the prior's weights are never changed). "
@@ -251,6 +289,7 @@ def _check_options(args: argparse.Namespace) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             flag = f"--{name.removeprefix('deprecated_').replace('_', '-')}"
             raise ConfigError(f"{flag} must be a finite number, got {value}")
+    _check_active_options(args)
     _resolve_mask_options(args)  # with --mask-file, the three retrospective options stay None
     if args.acceleration is not None and args.acceleration < 1:
         raise ConfigError(f"--acceleration must be >= 1, got {args.acceleration}")
@@ -266,17 +305,21 @@ def _check_options(args: argparse.Namespace) -> None:
         value = getattr(args, f"{sampler}_{option}")
         if value is None:
             continue
-        if args.sampler != sampler:
+        if args.sampler == ACTIVE and _particle_sampler(args) != sampler:
+            raise ConfigError(f"{_flag(sampler, option)} applies to --sampler {sampler} (or --sampler {ACTIVE} "
+                              f"--ads-sampler {sampler}), not --sampler {ACTIVE} "
+                              f"--ads-sampler {_particle_sampler(args)}")
+        if args.sampler not in (sampler, ACTIVE):
             raise ConfigError(f"{_flag(sampler, option)} applies to --sampler {sampler}, not {args.sampler}")
         # the ranges are the sampler's own (checked when it is built); finiteness is checked above
     given_adapt = [f"--adapt-{o}" for o in _ADAPT_OPTIONS if getattr(args, f"adapt_{o}") is not None]
     if given_adapt and not args.adapt:
         raise ConfigError(f"{', '.join(given_adapt)} need(s) --adapt")
     for option in ("prior", "warm_start", "bf16", "adapt"):
-        if getattr(args, option) and args.sampler not in SAMPLER_DEFAULTS:
+        if getattr(args, option) and args.sampler not in (*SAMPLER_DEFAULTS, ACTIVE):
             raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
                               f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")
-    if args.sampler in SAMPLER_DEFAULTS and args.prior is None:
+    if args.sampler in (*SAMPLER_DEFAULTS, ACTIVE) and args.prior is None:
         args.prior = DEFAULT_PRIOR
     if args.slices is not None:
         _parse_slices(args.slices, 10**9)
@@ -289,12 +332,50 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ConfigError(f"--sigma-start must be a finite positive number, got {value}")
 
 
+def _particle_sampler(args: argparse.Namespace) -> str:
+    """``--sampler ads``'s particle sampler: ``--ads-sampler`` or :data:`ACTIVE_DEFAULTS`'s."""
+    return args.ads_sampler or ACTIVE_DEFAULTS["sampler"]
+
+
+def _check_active_options(args: argparse.Namespace) -> None:
+    """``--ads-*`` only with ``--sampler ads``, and with it none of the options ADS replaces or
+    does not support: ADS chooses the mask (no ``--mask``, ``--mask-file``), its particles are
+    the samples (no ``--num-samples``), it warm-starts from SENSE of the centre lines (no
+    ``--warm-start tv``), and it runs without test-time adaptation (no ``--adapt``)."""
+    given = [f"--ads-{o}" for o in _ACTIVE_OPTIONS if getattr(args, f"ads_{o}") is not None]
+    if args.sampler != ACTIVE:
+        if given:
+            raise ConfigError(f"{', '.join(given)} appl(ies) to --sampler {ACTIVE}, not {args.sampler}")
+        return
+    if args.mask is not None or args.mask_file is not None:
+        flag = "--mask" if args.mask is not None else "--mask-file"
+        raise ConfigError(f"--sampler {ACTIVE} chooses each slice's lines; {flag} cannot be used with it "
+                          f"(give --acceleration and --center-fraction)")
+    if args.num_samples > 1:
+        raise ConfigError(f"--num-samples cannot be used with --sampler {ACTIVE}: its particles are the samples "
+                          f"(--ads-particles; their std is written as 'std')")
+    if args.warm_start not in (None, "sense"):
+        raise ConfigError(f"--warm-start {args.warm_start} cannot be used with --sampler {ACTIVE}: its particles "
+                          f"start from SENSE of the centre lines (or from noise with --sigma-start none)")
+    if args.adapt:
+        raise ConfigError(f"--adapt cannot be used with --sampler {ACTIVE}")
+    if args.ads_particles is not None and args.ads_particles < 2:
+        raise ConfigError(f"--ads-particles must be >= 2 (their disagreement chooses the lines), "
+                          f"got {args.ads_particles}")
+    if args.acceleration is not None and args.acceleration <= 1:
+        raise ConfigError(f"--sampler {ACTIVE} needs --acceleration > 1 (lines left to choose), "
+                          f"got {args.acceleration:g}")
+    if args.center_fraction is not None and not 0 < args.center_fraction < 1:
+        raise ConfigError(f"--center-fraction must be in (0, 1) with --sampler {ACTIVE}, got {args.center_fraction}")
+
+
 def _resolve_mask_options(args: argparse.Namespace) -> None:
-    """Fill the retrospective-mask defaults, or read ``--mask-file`` (then those options are refused)."""
+    """Fill the retrospective-mask defaults, or read ``--mask-file`` (then those options are refused).
+    ``--sampler ads`` takes only the acceleration and centre fraction (its mask type stays None)."""
     args.mask_array = None
     if args.mask_file is None:
         for name, default in _MASK_DEFAULTS.items():
-            if getattr(args, name) is None:
+            if getattr(args, name) is None and not (name == "mask" and args.sampler == ACTIVE):
                 setattr(args, name, default)
         return
     given = [f"--{name.replace('_', '-')}" for name in _MASK_DEFAULTS if getattr(args, name) is not None]
@@ -360,8 +441,11 @@ def _input_files(args: argparse.Namespace) -> list[Path]:
     return files
 
 
-def _output_paths(out_dir: Path, stem: str, formats: list[str], with_std: bool) -> dict[str, Path]:
+def _output_paths(out_dir: Path, stem: str, formats: list[str], with_std: bool, *,
+                  order: bool = False) -> dict[str, Path]:
     paths = {}
+    if order:  # --sampler ads: the acquisition order, whatever the formats
+        paths["order_png"] = out_dir / f"{stem}.order.png"
     if "png" in formats:
         paths["png"] = out_dir / f"{stem}.png"
     if "nifti" in formats:
@@ -372,6 +456,13 @@ def _output_paths(out_dir: Path, stem: str, formats: list[str], with_std: bool) 
         paths["h5"] = out_dir / f"{stem}.h5"
     paths["metrics"] = out_dir / f"{stem}.metrics.json"  # written last: marks the file complete
     return paths
+
+
+def _run_paths(args: argparse.Namespace, out_dir: Path, stem: str) -> dict[str, Path]:
+    """A file's outputs under this run's options (``std`` with several samples or ADS's particles;
+    ADS's acquisition-order PNG)."""
+    return _output_paths(out_dir, stem, args.format, args.num_samples > 1 or args.sampler == ACTIVE,
+                         order=args.sampler == ACTIVE)
 
 
 def _check_output_dir(out: Path) -> None:
@@ -395,15 +486,18 @@ def _preflight(files: list[Path], args: argparse.Namespace) -> list[str]:
     """Problems that must stop the run before anything is written (existing outputs, collisions,
     masks that cannot be made for a file). Files that cannot be opened are left to fail in turn."""
     problems = []
-    with_std = args.num_samples > 1
     for f in files:
-        paths = _output_paths(args.output, f.stem, args.format, with_std)
+        paths = _run_paths(args, args.output, f.stem)
         for p in paths.values():
             if p.exists() and p.resolve() == f.resolve():
                 problems.append(f"{f}: the output {p} would replace the input file; choose another --output")
         try:
             with FastMRIFile(f) as fm:
-                _make_mask(fm, (_recon_crop(fm)[0], fm.shape[1]), args)
+                if args.sampler == ACTIVE:
+                    if fm.mask is None:  # a file with its own mask fails in its turn (ADS needs all lines)
+                        _active_budget(fm, args)
+                else:
+                    _make_mask(fm, (_recon_crop(fm)[0], fm.shape[1]), args)
         except _MaskError as err:
             problems.append(str(err))
         except (ValueError, OSError):
@@ -428,21 +522,30 @@ def run_options(args: argparse.Namespace, method: _Method) -> dict:
     :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`, prior, samples, bf16), the mask
     (retrospective type, requested acceleration and centre fraction, or ``--mask-file`` with the
     SHA-256 of its mask), seed, slices, batch size and the package version. Not the device or
-    the output formats.
+    the output formats. ``--sampler ads``: mask type ``"ads"``, the particle sampler's settings
+    and ``ads`` (particle sampler, particles, entropy kernel and width, acquisition window), no
+    batch size (it runs slice by slice, so the batch size changes nothing).
     """
     if args.mask_file is not None:
         digest = hashlib.sha256(np.ascontiguousarray(args.mask_array, dtype=np.float32).tobytes()).hexdigest()
         mask = {"file": str(args.mask_file), "sha256": digest}
     else:
-        mask = {"type": args.mask, "acceleration": args.acceleration, "center_fraction": args.center_fraction}
+        mask = {"type": ACTIVE if method.name == ACTIVE else args.mask, "acceleration": args.acceleration,
+                "center_fraction": args.center_fraction}
     options = {"version": __version__, "sampler": method.name, "mask": mask, "seed": args.seed,
-               "slices": args.slices, "batch_size": args.batch_size}
-    if method.name in SAMPLER_DEFAULTS:
+               "slices": args.slices}
+    if method.name != ACTIVE:
+        options["batch_size"] = args.batch_size
+    if method.sampler_name in SAMPLER_DEFAULTS:
         warm_start, sigma_start = method.used_start
         options.update(prior=args.prior, steps=method.used_steps, warm_start=warm_start, sigma_start=sigma_start,
-                       sampler_options={**SAMPLER_DEFAULTS[method.name].options, **method.options},
-                       num_samples=method.num_samples, bf16=bool(method.bf16),
+                       sampler_options={**SAMPLER_DEFAULTS[method.sampler_name].options, **method.options},
+                       bf16=bool(method.bf16))
+    if method.name in SAMPLER_DEFAULTS:
+        options.update(num_samples=method.num_samples,
                        adapt=None if method.adapt is None else dataclasses.asdict(method.adapt))
+    elif method.name == ACTIVE:
+        options["ads"] = {**method.active, "sampler": method.sampler_name}
     return json.loads(json.dumps(options))  # as read back from a record
 
 
@@ -469,7 +572,7 @@ def _resume_conflicts(files: list[Path], args: argparse.Namespace, options: dict
     """With ``--resume`` (without ``--overwrite``): complete outputs made with other options."""
     problems = []
     for f in files:
-        paths = _output_paths(args.output, f.stem, args.format, args.num_samples > 1)
+        paths = _run_paths(args, args.output, f.stem)
         diff = _recorded_differences(paths, options) if _is_complete(paths) else []
         if diff:
             problems.append(f"{f}: --resume found complete outputs made with other options: {'; '.join(diff)}. "
@@ -528,6 +631,16 @@ def _make_mask(f: FastMRIFile, shape: tuple[int, int], args: argparse.Namespace)
     return m, f"{args.mask} {args.acceleration:g}x requested, {acceleration_of(m):.2f}x achieved"
 
 
+def _active_budget(f: FastMRIFile, args: argparse.Namespace) -> tuple[int, int]:
+    """``--sampler ads``: the centre lines and the lines in all of a file's slices
+    (:func:`~diffinverse.pipelines.active.line_budget`); ``_MaskError`` when nothing is left to choose."""
+    try:
+        return line_budget(f.shape[1], acceleration=args.acceleration, center_fraction=args.center_fraction)
+    except ValueError as err:
+        raise _MaskError(f"{f.path}: --acceleration {args.acceleration:g} with --center-fraction "
+                         f"{args.center_fraction:g}: {err}") from None
+
+
 def _mask_columns(mask: torch.Tensor) -> np.ndarray:
     """A mask as fastMRI stores it: ``(W,)`` lines for a line mask (constant along rows), else 2-D."""
     m = mask.cpu().numpy()
@@ -541,6 +654,8 @@ class _Method:
 
     def __init__(self, args: argparse.Namespace, device: torch.device):
         self.name = args.sampler
+        # the diffusion sampler that runs: the method itself, or ADS's particle sampler
+        self.sampler_name = _particle_sampler(args) if self.name == ACTIVE else self.name
         self.num_samples = args.num_samples
         self.device = device
         self.prior = None
@@ -557,18 +672,26 @@ class _Method:
                                            for o, (_, d) in _ADAPT_OPTIONS.items()})
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"--adapt: {err}") from None
-        if self.name in SAMPLER_DEFAULTS:
+        if self.name == ACTIVE:
+            # ADS's settings: ACTIVE_DEFAULTS with --ads-particles; the particles start from SENSE of the centre
+            self.active = {"num_particles": args.ads_particles or ACTIVE_DEFAULTS["num_particles"],
+                           **{k: ACTIVE_DEFAULTS[k] for k in ("kernel", "s", "window")}}
+            self.acceleration, self.center_fraction = args.acceleration, args.center_fraction
+            self.warm_start = None if self.cold_start else "sense"
+        if self.sampler_name in SAMPLER_DEFAULTS:
             self.prior = _load_prior(args.prior, device)
-            self.options = _options_of(args, self.name)
+            self.options = _options_of(args, self.sampler_name)
             try:
-                sampler = build_sampler(self.name, self.prior, num_steps=self.steps, sampler_options=self.options,
-                                        autocast=self.bf16, adapt=self.adapt)
-                # what the run will use, for the record; reconstruct_kspace resolves the same
-                self.used_steps = self.steps or SAMPLER_DEFAULTS[self.name].num_steps
-                self.used_start = resolve_start(sampler, method=self.name, warm_start=self.warm_start,
+                sampler = build_sampler(self.sampler_name, self.prior, num_steps=self.steps,
+                                        sampler_options=self.options, autocast=self.bf16, adapt=self.adapt)
+                # what the run will use, for the record; reconstruct_kspace (active_reconstruct_kspace)
+                # resolves the same
+                self.used_steps = self.steps or SAMPLER_DEFAULTS[self.sampler_name].num_steps
+                self.used_start = resolve_start(sampler, method=self.sampler_name, warm_start=self.warm_start,
                                                 sigma_start=self.sigma_start, cold_start=self.cold_start)
             except ValueError as err:
-                raise ConfigError(f"--sampler {self.name}: {err}") from None
+                which = f" --ads-sampler {self.sampler_name}" if self.name == ACTIVE else ""
+                raise ConfigError(f"--sampler {self.name}{which}: {err}") from None
         elif args.num_samples > 1:
             raise ConfigError(f"--num-samples > 1 needs a diffusion sampler ({', '.join(SAMPLER_DEFAULTS)}), "
                               f"not {self.name}")
@@ -584,12 +707,24 @@ class _Method:
                         "generator": generator, "adapt": self.adapt}
         return reconstruct_kspace(k, mask, method=self.name, recon_size=recon_size, device=self.device, **settings)
 
+    def reconstruct_active(self, k: torch.Tensor, recon_size: tuple[int, int], generator: torch.Generator):
+        """``--sampler ads``: :func:`~diffinverse.pipelines.active.active_reconstruct_kspace` of one
+        fully sampled slice with the run's settings; it chooses the slice's lines."""
+        return active_reconstruct_kspace(
+            k, acceleration=self.acceleration, center_fraction=self.center_fraction, prior=self.prior,
+            recon_size=recon_size, sampler=self.sampler_name, num_steps=self.steps, sigma_start=self.sigma_start,
+            cold_start=self.cold_start, sampler_options=self.options, autocast=self.bf16, generator=generator,
+            device=self.device, **self.active)
+
     def describe(self) -> str:
-        if self.name not in SAMPLER_DEFAULTS:
+        if self.sampler_name not in SAMPLER_DEFAULTS:
             return self.name
         warm_start, sigma_start = self.used_start
         start = "cold start" if sigma_start is None else f"warm start from {warm_start} at sigma {sigma_start:g}"
         network = ", network in bf16" if self.bf16 else ""
+        if self.name == ACTIVE:
+            return (f"{ACTIVE} ({self.active['num_particles']} {self.sampler_name} particles, {self.used_steps} "
+                    f"steps, {start}{network})")
         adapted = f", adapted (LoRA rank {self.adapt.rank}, lr {self.adapt.lr:g})" if self.adapt else ""
         return f"{self.name} ({self.used_steps} steps, {start}, {self.num_samples} sample(s){network}{adapted})"
 
@@ -608,16 +743,25 @@ def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method, *, o
     """Reconstruct one fastMRI file and write its outputs; returns its record (see ``metrics.json``).
 
     ``options`` is what the outputs record as their settings (default :func:`run_options`).
+    ``--sampler ads`` chooses each slice's lines (one slice at a time, whatever ``--batch-size``)
+    and needs a fully sampled file.
     """
     t0 = time.perf_counter()
     options = run_options(args, method) if options is None else options
     warned = []
+    active = method.name == ACTIVE
     with FastMRIFile(path) as f:
         sl = _parse_slices(args.slices, f.num_slices)
         if sl.stop <= sl.start:
             raise FastMRIError(f"{path}: --slices {args.slices} selects no slice of its {f.num_slices}")
         crop = _recon_crop(f)  # the reference defines the evaluated matrix
-        mask, mask_text = _make_mask(f, (crop[0], f.shape[1]), args)
+        if active:
+            if f.mask is not None:
+                raise FastMRIError(f"{path}: the file has its own mask (undersampled k-space); --sampler {ACTIVE} "
+                                   f"chooses the lines of fully sampled k-space, so it needs a fully sampled file")
+            _active_budget(f, args)
+        else:
+            mask, mask_text = _make_mask(f, (crop[0], f.shape[1]), args)
         zero = f.zero_slices(sl)
         if len(zero) == sl.stop - sl.start:
             raise FastMRIError(f"{path}: the k-space of slices {sl.start}:{sl.stop} is all zero; nothing to reconstruct")
@@ -628,15 +772,30 @@ def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method, *, o
         g = torch.Generator(device=method.device).manual_seed(_file_seed(args.seed, path.name) + 1)
         recs: dict[str, list] = {}
         stds: list = []
+        chosen: list = []  # --sampler ads: each slice's result, its images dropped (kept in recs, stds)
         nfe = 0
-        for start in range(sl.start, sl.stop, args.batch_size):
-            idx = slice(start, min(start + args.batch_size, sl.stop))
-            rec = method.reconstruct(torch.from_numpy(f.read_kspace(idx)), mask, crop, g)
-            for name, image in {**rec.baselines, rec.method: rec.image}.items():
-                recs.setdefault(name, []).append(image.float().cpu())
+
+        def keep(name: str, rec) -> None:
+            for key, image in {**rec.baselines, name: rec.image}.items():
+                recs.setdefault(key, []).append(image.float().cpu())
             if rec.std is not None:
                 stds.append(rec.std.float().cpu())
-            nfe += rec.nfe
+
+        if active:
+            for i in range(sl.start, sl.stop):
+                rec = method.reconstruct_active(torch.from_numpy(f.read_kspace(slice(i, i + 1))), crop, g)
+                keep(method.name, rec)
+                nfe += rec.nfe
+                empty = torch.empty(0)
+                chosen.append(dataclasses.replace(rec, image=empty, std=empty, complex_image=empty,
+                                                  baselines=MappingProxyType({}), mask=rec.mask.cpu(),
+                                                  entropies=rec.entropies.cpu()))
+        else:
+            for start in range(sl.start, sl.stop, args.batch_size):
+                idx = slice(start, min(start + args.batch_size, sl.stop))
+                rec = method.reconstruct(torch.from_numpy(f.read_kspace(idx)), mask, crop, g)
+                keep(rec.method, rec)
+                nfe += rec.nfe
         volumes = {name: torch.cat(v).numpy() for name, v in recs.items()}
         std = torch.cat(stds).numpy() if stds else None
         targets = {key: f.read_target(key, sl) for key in f.targets}
@@ -649,29 +808,48 @@ def reconstruct_file(path: Path, args: argparse.Namespace, method: _Method, *, o
                            "ssim": M.ssim(reference=t, estimate=volumes[name])} for name in rows}
               for key, t in targets.items()}
     requested = options["mask"].get("acceleration") if f.mask is None else None
+    if active:  # one mask per slice: (S, W), and the lines in the order they were acquired: (S, budget)
+        per_slice = [r.acceleration for r in chosen]
+        achieved = {"achieved": float(np.mean(per_slice)), "per_slice": per_slice}
+        mask_array = np.stack([r.mask.numpy() for r in chosen])
+        mask_text = (f"{ACTIVE} {args.acceleration:g}x requested, {achieved['achieved']:.2f}x achieved (mean over "
+                     f"slices; lines chosen per slice)")
+    else:
+        achieved, mask_array = {"achieved": acceleration_of(mask)}, _mask_columns(mask)
     record = {"input": str(path), "name": path.stem, "slices": [sl.start, sl.stop], "coils": info["coils"],
               "shape": list(volumes[method.name].shape), "mask": mask_text,
-              "acceleration": {"requested": requested, "achieved": acceleration_of(mask)},
+              "acceleration": {"requested": requested, **achieved},
               "method": method.describe(), "nfe": nfe, "metrics": scores, "warnings": warned, "options": options}
     record["seconds"] = round(time.perf_counter() - t0, 2)
-    _write_outputs(path.stem, volumes[method.name], std, _mask_columns(mask), targets, record, info, args)
+    _write_outputs(path.stem, volumes[method.name], std, mask_array, targets, record, info, args,
+                   active=chosen if active else None)
     return record
 
 
 def _write_outputs(stem: str, rec: np.ndarray, std: np.ndarray | None, mask: np.ndarray, targets: dict,
-                   record: dict, info: dict, args: argparse.Namespace) -> None:
+                   record: dict, info: dict, args: argparse.Namespace, *, active: list | None = None) -> None:
     """Write one file's outputs into a staging folder in ``--output``, then move them into place
-    together (:func:`_commit`), ``<stem>.metrics.json`` (the completion marker) last."""
-    final = _output_paths(args.output, stem, args.format, std is not None)
+    together (:func:`_commit`), ``<stem>.metrics.json`` (the completion marker) last.
+
+    ``active``: ``--sampler ads``'s per-slice results; then ``mask`` is ``(S, W)`` (the ``.h5``
+    says so in its ``mask_layout`` attribute), the ``.h5`` gets ``order`` and
+    ``<stem>.order.png`` is written (:func:`~diffinverse.pipelines.active.save_acquisition_order`)."""
+    final = _output_paths(args.output, stem, args.format, std is not None, order=active is not None)
     stage = Path(tempfile.mkdtemp(dir=args.output, prefix=f".{stem}.partial-"))
     try:
-        paths = _output_paths(stage, stem, args.format, std is not None)
+        paths = _output_paths(stage, stem, args.format, std is not None, order=active is not None)
         if "h5" in paths:
             attrs = {"method": record["method"], "mask": record["mask"], "slices": record["slices"],
                      "source": record["input"], "acquisition": info["acquisition"] or "",
                      "acceleration": record["acceleration"]["achieved"], "diffinverse_version": __version__,
                      "options": json.dumps(record["options"], sort_keys=True)}
-            write_submission(paths["h5"], rec, std=std, mask=mask, attrs=attrs)
+            extra = None
+            if active is not None:
+                attrs["mask_layout"] = "slices"
+                extra = {"order": np.array([r.order for r in active], dtype=np.int32)}
+            write_submission(paths["h5"], rec, std=std, mask=mask, attrs=attrs, extra=extra)
+        if "order_png" in paths:
+            save_acquisition_order(paths["order_png"], active, first_slice=record["slices"][0])
         if "nifti" in paths:
             save_nifti(paths["nifti"], rec, info["voxel_size_mm"])
             if std is not None:
@@ -883,7 +1061,7 @@ def _run(args: argparse.Namespace, all_files: list[Path], device: torch.device, 
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=len(files), desc="files", unit="file", disable=rank != 0 or None))
         for path in files:
-            paths = _output_paths(args.output, path.stem, args.format, args.num_samples > 1)
+            paths = _run_paths(args, args.output, path.stem)
             try:
                 # --resume --overwrite: outputs made with other options are recomputed, not refused
                 if args.resume and _is_complete(paths) and not _recorded_differences(paths, options):

@@ -269,7 +269,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         FileNotFoundError: no such file.
         FastMRIError: not HDF5; no ``mask`` dataset (the datasets present are listed), or a
             group of that name; a mask that is not 1-D or 2-D, holds values other than 0 and 1,
-            or samples nothing.
+            or samples nothing; one row per slice (the file's ``mask_layout`` attribute is
+            ``"slices"``, as ``diffinverse-reconstruct --sampler ads`` writes it).
     """
     path = Path(path)
     if not path.is_file():
@@ -281,6 +282,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             raise FastMRIError(f"{path}: no 'mask' dataset (found: {sorted(f.keys())})")
         if not isinstance(f["mask"], h5py.Dataset):
             raise FastMRIError(f"{path}: 'mask' is an HDF5 group, not a dataset")
+        if f.attrs.get("mask_layout") == "slices":
+            raise FastMRIError(f"{path}: 'mask' holds one row of lines per slice (chosen by --sampler ads), "
+                               f"not one mask for all slices")
         m = np.asarray(f["mask"][()])
     if m.ndim not in (1, 2) or m.size == 0:
         raise FastMRIError(f"{path}: 'mask' must be (W,) lines or an (h, W) array, got shape {m.shape}")
@@ -292,7 +296,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_submission(path: str | os.PathLike, reconstruction, *, std=None, mask=None,
-                     attrs: Mapping | None = None, overwrite: bool = False) -> Path:
+                     attrs: Mapping | None = None, extra: Mapping | None = None, overwrite: bool = False) -> Path:
     """Write reconstructions in fastMRI's submission layout, atomically.
 
     Args:
@@ -303,6 +307,8 @@ def write_submission(path: str | os.PathLike, reconstruction, *, std=None, mask=
             it: ``(W,)`` phase-encode lines (pass a line mask's columns), or ``(h, W)`` for a 2-D
             mask. :class:`FastMRIFile` and ``diffinverse-reconstruct --mask-file`` read it back.
         attrs: optional file attributes (strings, numbers; e.g. the sampler's settings).
+        extra: optional further datasets, ``{name: array}``, stored as given (e.g. ``order``, the
+            lines ADS acquired); a name of the datasets above is refused.
         overwrite: replace an existing file.
 
     Returns:
@@ -322,6 +328,10 @@ def write_submission(path: str | os.PathLike, reconstruction, *, std=None, mask=
         if m.ndim not in (1, 2) or not np.isin(m, (0, 1)).all():
             raise ValueError(f"mask must be a 0/1 array of shape (W,) or (h, W), got {m.dtype} {m.shape}")
         arrays["mask"] = m.astype(bool)
+    for key, value in (extra or {}).items():
+        if key in ("reconstruction", "std", "mask"):
+            raise ValueError(f"extra dataset {key!r} would replace the {key!r} argument's dataset")
+        arrays[key] = _as_numpy(value)
     with atomic_output(path, overwrite=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():

@@ -19,7 +19,10 @@ callback would drive prospectively. It reuses :mod:`~diffinverse.pipelines.fastm
    centre's SENSE at ``sigma_start``), acquiring lines at evenly spread steps; the image is the
    magnitude of the particles' mean, ``std`` the standard deviation of their magnitudes.
 
-:func:`save_acquisition_order` draws which line was acquired when, as a PNG.
+:func:`save_acquisition_order` draws which line was acquired when, as a PNG (one slice's bars, or
+one row per slice for several). :func:`line_budget` says how many lines a width, acceleration and
+centre fraction give (the centre's and the chosen ones), as :func:`active_reconstruct_kspace`
+counts them, so a caller can refuse an acceleration before any work.
 
 References:
     Nolan, Verhaeghe, van Gorp, Wijnen & van Sloun, "Active Diffusion Subsampling", TMLR 2025.
@@ -29,11 +32,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+import numpy as np
 import torch
 
 from diffinverse._io import atomic_output
@@ -57,6 +61,7 @@ __all__ = [
     "ACTIVE_DEFAULTS",
     "ActiveKspaceReconstruction",
     "active_reconstruct_kspace",
+    "line_budget",
     "save_acquisition_order",
 ]
 
@@ -115,13 +120,32 @@ def _centre_lines(w: int, n_low: int) -> torch.Tensor:
     return torch.arange(start, start + n_low)
 
 
+def line_budget(width: int, *, acceleration: float, center_fraction: float) -> tuple[int, int]:
+    """``(centre lines, lines in all)`` of a ``width``-column slice: ``max(1, round(width *
+    center_fraction))`` and ``round(width / acceleration)``; ADS chooses the difference.
+
+    Raises:
+        ValueError: ``acceleration`` not finite and > 1, ``center_fraction`` not in ``(0, 1)``, or
+            no more lines in all than in the centre (nothing left to choose).
+    """
+    if not (math.isfinite(acceleration) and acceleration > 1):
+        raise ValueError(f"acceleration must be > 1, got {acceleration}")
+    if not 0 < center_fraction < 1:
+        raise ValueError(f"center_fraction must be in (0, 1), got {center_fraction}")
+    n_low, total = max(1, round(width * center_fraction)), round(width / acceleration)
+    if total <= n_low:
+        raise ValueError(f"acceleration {acceleration:g} measures {total} of {width} lines, no more than the "
+                         f"{n_low} centre lines: nothing left to choose (lower the acceleration or the centre)")
+    return n_low, total
+
+
 def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prior="mri-brain",
                               recon_size: tuple[int, int] | None = None, center_fraction: float | None = None,
                               sampler: str = "dds", num_steps: int | None = None, sigma_start: float | None = None,
                               cold_start: bool = False, sampler_options: Mapping | None = None,
                               num_particles: int = 8, kernel: Literal["ads", "gmm"] = "ads", s: float = 0.1,
                               window: tuple[float, float] = (0.0, 0.8), generator: torch.Generator | None = None,
-                              device: str | torch.device | None = None,
+                              device: str | torch.device | None = None, autocast: bool = False,
                               progress: bool = False) -> ActiveKspaceReconstruction:
     """Choose and reconstruct the lines of one fully sampled slice by ADS; see the module docstring.
 
@@ -151,6 +175,7 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
             its width in the scaled units, and the acquisition window.
         generator: source of all randomness (on ``device``); the same seed gives the same lines.
         device: where to compute (default: ``kspace``'s device).
+        autocast: run the network in bfloat16 (the particle sampler's ``autocast``).
         progress: show a progress bar.
 
     Returns:
@@ -175,16 +200,9 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
     h, w = (H, W) if recon_size is None else (int(recon_size[0]), int(recon_size[1]))
     if not (0 < h <= H and 0 < w <= W):
         raise ValueError(f"recon_size {(h, w)} must be positive and fit in the k-space's {(H, W)}")
-    if not (math.isfinite(acceleration) and acceleration > 1):
-        raise ValueError(f"acceleration must be > 1, got {acceleration}")
     if center_fraction is None:
         center_fraction = 0.08 if acceleration < 6 else 0.04
-    if not 0 < center_fraction < 1:
-        raise ValueError(f"center_fraction must be in (0, 1), got {center_fraction}")
-    n_low, total = max(1, round(W * center_fraction)), round(W / acceleration)
-    if total <= n_low:
-        raise ValueError(f"acceleration {acceleration} measures {total} of {W} lines, no more than the "
-                         f"{n_low} centre lines: nothing left to choose (lower the acceleration or the centre)")
+    n_low, total = line_budget(W, acceleration=acceleration, center_fraction=center_fraction)
     if sampler not in SAMPLER_DEFAULTS:
         raise ValueError(f"unknown sampler {sampler!r}; the particle samplers: {', '.join(SAMPLER_DEFAULTS)}")
     if isinstance(prior, str):
@@ -193,7 +211,7 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
         with torch.random.fork_rng(devices=[]):   # building the network draws from the global RNG
             prior = load(prior, device=device).eval()
     particle_sampler = build_sampler(sampler, prior, num_steps=num_steps, sampler_options=sampler_options,
-                                     progress=False)
+                                     autocast=autocast, progress=False)
     _, sigma_start = resolve_start(particle_sampler, method=sampler, warm_start=None if cold_start else "sense",
                                    sigma_start=sigma_start, cold_start=cold_start)
     particle_sampler.sigma_start = sigma_start
@@ -248,35 +266,64 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
         entropies=out.entropies, sampler=sampler, nfe=ads.last_nfe)
 
 
-def save_acquisition_order(path: str | os.PathLike, result: ActiveKspaceReconstruction, *, title: str | None = None,
-                           overwrite: bool = False) -> None:
+def save_acquisition_order(path: str | os.PathLike,
+                           result: ActiveKspaceReconstruction | Sequence[ActiveKspaceReconstruction], *,
+                           title: str | None = None, first_slice: int = 0, overwrite: bool = False) -> None:
     """Write a PNG of the acquisition order (atomically, :func:`~diffinverse._io.atomic_output`).
 
-    One bar per phase-encode column: grey for the initial centre lines, coloured by acquisition
-    step (``1 .. len(order)``, colour bar) for the chosen ones, empty for lines never measured.
+    One result (or a sequence of one): one bar per phase-encode column, grey for the initial
+    centre lines, coloured by acquisition step (``1 .. len(order)``, colour bar) for the chosen
+    ones, empty for lines never measured. Several results (e.g. the slices of a volume, each with
+    its own lines): an image with one row per result (top to bottom, in the given order) and one
+    column per phase-encode line, coloured the same way; the results must have the same width;
+    the rows are numbered from ``first_slice``.
 
     Raises:
+        ValueError: an empty sequence, or results of different widths.
         FileExistsError: ``path`` exists and ``overwrite`` is false.
     """
     import matplotlib
     from matplotlib.figure import Figure
 
-    # a Figure of its own, no pyplot: the caller's backend and figures are left alone
-    w = result.mask.numel()
-    fig = Figure(figsize=(8, 2.2), dpi=100)
-    ax = fig.add_subplot()
-    ax.bar(list(result.initial_lines), [1] * len(result.initial_lines), width=1.0, color="0.6",
-           label="initial centre")
+    results = [result] if isinstance(result, ActiveKspaceReconstruction) else list(result)
+    if not results:
+        raise ValueError("save_acquisition_order needs at least one result")
+    w = results[0].mask.numel()
+    if any(r.mask.numel() != w for r in results):
+        raise ValueError(f"the results have different widths: {sorted({r.mask.numel() for r in results})}")
+    n = max(max(len(r.order) for r in results), 1)
     cmap = matplotlib.colormaps["viridis"]
-    n = max(len(result.order), 1)
-    ax.bar(list(result.order), [1] * len(result.order), width=1.0,
-           color=[cmap(i / max(n - 1, 1)) for i in range(len(result.order))])
+    colour = [cmap(i / max(n - 1, 1)) for i in range(n)]
+    # a Figure of its own, no pyplot: the caller's backend and figures are left alone
+    if len(results) == 1:
+        r = results[0]
+        fig = Figure(figsize=(8, 2.2), dpi=100)
+        ax = fig.add_subplot()
+        ax.bar(list(r.initial_lines), [1] * len(r.initial_lines), width=1.0, color="0.6", label="initial centre")
+        ax.bar(list(r.order), [1] * len(r.order), width=1.0, color=colour[:len(r.order)])
+        ax.set(xlim=(-0.5, w - 0.5), ylim=(0, 1), yticks=[])
+        ax.legend(loc="upper right", fontsize=7)
+        default = (f"ADS: {len(r.order)} lines chosen after {len(r.initial_lines)} centre lines "
+                   f"({r.acceleration:.1f}x)")
+    else:
+        image = np.ones((len(results), w, 4))                       # white: never measured
+        for row, r in enumerate(results):
+            image[row, list(r.initial_lines)] = matplotlib.colors.to_rgba("0.6")
+            for step, line in enumerate(r.order):
+                image[row, line] = colour[step]
+        fig = Figure(figsize=(8, min(1.6 + 0.12 * len(results), 12)), dpi=100)
+        ax = fig.add_subplot()
+        top = first_slice - 0.5
+        ax.imshow(image, aspect="auto", interpolation="nearest", extent=(-0.5, w - 0.5, top + len(results), top))
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set(ylabel="slice")
+        mean = sum(r.acceleration for r in results) / len(results)
+        default = (f"ADS: {len(results)} slices, {len(results[0].order)} lines chosen per slice after "
+                   f"{len(results[0].initial_lines)} centre lines ({mean:.1f}x)")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(1, n), cmap=cmap), ax=ax,
                  label="acquisition")
-    ax.set(xlim=(-0.5, w - 0.5), ylim=(0, 1), yticks=[], xlabel="phase-encode line",
-           title=title or f"ADS: {len(result.order)} lines chosen after {len(result.initial_lines)} "
-                          f"centre lines ({result.acceleration:.1f}x)")
-    ax.legend(loc="upper right", fontsize=7)
+    ax.set(xlabel="phase-encode line" + ("" if len(results) == 1 else " (grey: initial centre, white: not measured)"),
+           title=title or default)
     fig.tight_layout()
     with atomic_output(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png")
