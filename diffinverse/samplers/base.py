@@ -36,6 +36,7 @@ References:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, ClassVar
@@ -60,6 +61,8 @@ __all__ = ["DiffusionSampler", "Posterior", "DIVERGENCE_FACTOR", "data_fidelity_
 DIVERGENCE_FACTOR = 100.0
 """A last state larger than this many times ``max(1, max |x| of the initial state)`` has diverged
 (priors work on images whose magnitude is about 1)."""
+_NON_FINITE = re.compile(r"non-finite|NaN|infinite")
+"""What an operator's refusal of a non-finite input says (the samplers' diverged state)."""
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
@@ -334,7 +337,8 @@ class DiffusionSampler:
                 state's shape, or (from the prior) the state's dtype or device is not the network's.
             FloatingPointError: if the iteration diverged: the last state is not finite, or
                 larger than ``DIVERGENCE_FACTOR`` times the larger of 1 and the initial state's
-                largest magnitude (the message names the step size to lower).
+                largest magnitude, or the physics refused a non-finite state during the run (the
+                message names the step size to lower).
         """
         # the checks run on the inputs' device and are read before the first step: on a GPU the
         # set-up below is queued meanwhile instead of waiting for them
@@ -364,8 +368,16 @@ class DiffusionSampler:
                 raise ValueError(f"{name} contains NaN or infinite values")
         steps = tqdm(range(len(draws)), disable=not self.progress, desc=type(self).__name__)
         run = self._graphs.run if self._graphs is not None else _run_eagerly
-        with adapted(self, y, physics, state) if self.adapt is not None else nullcontext():
-            x, state, self.last_nfe = run(self, x, y, physics, state, sigmas, levels, draws, generator, steps)
+        try:
+            with adapted(self, y, physics, state) if self.adapt is not None else nullcontext():
+                x, state, self.last_nfe = run(self, x, y, physics, state, sigmas, levels, draws, generator, steps)
+        except ValueError as err:
+            # the inputs were checked finite above: an operator that refuses a non-finite value
+            # during the run was given the diverged state
+            if not _NON_FINITE.search(str(err)):
+                raise
+            raise FloatingPointError(f"{type(self).__name__} diverged: its state became non-finite during the run "
+                                     f"({err}); lower {self.step_size_hint}") from err
         # in the standard layout, and not the graph's buffer, which the next call overwrites
         x = x.clone(memory_format=torch.contiguous_format) if self._graphs is not None else \
             in_layout(x, torch.contiguous_format)

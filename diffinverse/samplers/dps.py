@@ -15,8 +15,11 @@ increments of variance ``sigma_t^2 - sigma_{t-1}^2 = beta_t / abar_t``. The offi
 ``c = sqrt((1 + sigma^2) (1 + sigma_next^2))``, so that the same ``zeta`` gives the same sampler.
 
 Scale: ``zeta`` is given relative to the operator's norm. With the squared norm (the default) the
-step is ``zeta / ||A||^2`` (times ``c``): ``zeta = 1`` is a full gradient (Landweber) step on the
-data term as seen from ``x0_hat``, whatever the scale of the operator or the data. With the plain
+step is ``zeta / ||A||^2`` (times ``c``) along ``grad ||y - A(x0_hat)||^2 = 2 J^T A^H (A x0_hat -
+y)``: ``zeta = 0.5`` is the Landweber step ``A^H r / ||A||^2`` on the data term as seen from
+``x0_hat`` (for a subsampling operator, the projection onto the measured data where the Jacobian is
+near the identity), whatever the scale of the operator or the data; ``zeta = 1`` is the edge of
+stability. With the plain
 norm it is ``zeta / ||A||`` (the gradient of ``||y - A x||`` has norm at most ``||A||``).
 ``||A||^2`` is estimated once per call by power iteration
 (:func:`~diffinverse.samplers.base.operator_scale`; 1 for a nonlinear physics). The paper's own
@@ -59,7 +62,7 @@ from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, oper
 
 __all__ = ["DPS"]
 
-NUM_STEPS, ZETA, SIGMA_START = 50, 0.5, 0.3
+NUM_STEPS, ZETA, SIGMA_START = 100, 0.7, 0.3
 """Defaults: steps of the full grid, the relative guidance step and the warm-start level, chosen
 on the tuning images of every task of :mod:`diffinverse.tasks` (``benchmarks/samplers/tune_defaults.py``)."""
 
@@ -80,7 +83,7 @@ class DPS(DiffusionSampler):
             the network's forward and backward pass).
 
     Example:
-        >>> sampler = DPS(prior, progress=False)      # defaults: 50-step grid, warm start at 0.3
+        >>> sampler = DPS(prior, progress=False)      # defaults: 100-step grid, warm start at 0.3
         >>> x = sampler(y, physics, generator=torch.Generator().manual_seed(0))
         >>> x = sampler(y, physics, x_init=fbp, sigma_start=0.1)   # from the caller's warm start
 

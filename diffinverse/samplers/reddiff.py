@@ -28,8 +28,10 @@ and ``lam`` weighs two terms in image units whatever the operator's scale, the n
 measurements or coils. The official code (github.com/NVlabs/RED-diff, ``algos/reddiff.py``) takes
 both terms as means over entries (the data term over the ``m`` entries of ``y``, the regulariser
 over the ``d`` entries of ``mu``); its ``lambda`` is this one times ``||A||^2 d / m``, so its
-settings change with the sampling fraction, the number of coils and the operator. Adam's ``eps``
-acts as the official 1e-8 on those per-entry means (the same updates for matching settings). Means are per
+settings change with the sampling fraction, the number of coils and the operator. Adam runs on
+the scale-free gradient with ``eps`` 1e-8 times ``m``: for an operator of norm 1 the official
+code's Adam (1e-8 on its per-entry means), and for ``c A``, ``c y`` the same updates as for
+``A``, ``y``. Means are per
 batch item, so a batch of ``N`` samples behaves exactly as ``N`` separate runs. The noise level of
 ``y`` enters nowhere: ``lam`` sets the balance between data and prior.
 
@@ -60,7 +62,7 @@ from diffinverse.samplers.base import DiffusionSampler, data_fidelity_grad, defa
 
 __all__ = ["REDDiff"]
 
-NUM_STEPS, LAM, LR, SIGMA_START = 50, 0.25, 0.01, 0.3
+NUM_STEPS, LAM, LR, SIGMA_START = 100, 0.1, 0.02, 0.1
 """Defaults: steps of the full grid, the regulariser's weight, Adam's learning rate and the
 largest noise level visited, chosen on the tuning images of every task of :mod:`diffinverse.tasks`
 (``benchmarks/samplers/tune_defaults.py``)."""
@@ -137,18 +139,19 @@ class REDDiff(DiffusionSampler):
         # differentiated; x0_hat stays an inference tensor (read-only), which the updates below only read
         with torch.inference_mode():
             x0_hat = self.denoise(torch.addcmul(mu, noise, sigma.to(mu.dtype)), sigma)
-        # gradient with the data term relative to s = ||A||^2:
+        # gradient with the data term relative to s = ||A||^2 (scale-free: c A and c y give the same g):
         #   g = grad_data / s + lam * w(sigma) / sigma * (mu - x0_hat).
-        # Adam is run on s * g with eps * m (m entries of y): Adam is invariant to a constant
-        # gradient scale k when eps is scaled by k, so this is the official code's Adam (eps 1e-8
-        # on its per-entry means, g s / m), with one kernel less
-        scale, n_y = state["scale"], y.numel() // y.shape[0]
-        prior_weight = self.lam * _WEIGHTS[self.weighting](sigma) / sigma * scale
+        # Adam's eps is eps * m (m entries of y): for ||A|| = 1 this is the official code's Adam (eps
+        # 1e-8 on its per-entry means g / m; Adam is invariant to a constant gradient scale k when
+        # eps is scaled by k)
+        n_y = y.numel() // y.shape[0]
+        prior_weight = self.lam * _WEIGHTS[self.weighting](sigma) / sigma
         if state["aty"] is not None:
             # out of place: A^H A may return its input itself (an identity physics)
             grad_data = physics.A_adjoint_A(mu) - state["aty"]
         else:
             grad_data, _ = data_fidelity_grad(mu, y, physics)
+        grad_data.div_(state["scale"].to(mu.dtype))
         g = _same_layout(grad_data.addcmul_(torch.sub(mu, x0_hat), prior_weight.to(mu.dtype)), mu)
         # Adam (Kingma & Ba, Algorithm 1, with bias corrections) as one fused in-place update of mu
         # and its moments (torch.optim's functional Adam; it advances the step count)
