@@ -126,7 +126,13 @@ from diffinverse._io import atomic_output
 from diffinverse.datasets.fastmri import FastMRIError, FastMRIFile, read_mask, write_submission
 from diffinverse.datasets.volumes import write_nifti
 from diffinverse.memory import keep_freed_memory
-from diffinverse.pipelines.active import ACTIVE_DEFAULTS, active_reconstruct_kspace, line_budget, save_acquisition_order
+from diffinverse.pipelines.active import (
+    ACTIVE_DEFAULTS,
+    PARTICLE_SAMPLERS,
+    active_reconstruct_kspace,
+    line_budget,
+    save_acquisition_order,
+)
 from diffinverse.pipelines.fastmri import (
     BASELINES,
     MASK_TYPES,
@@ -151,7 +157,6 @@ DEMO_FILE = "demo_brain.h5"
 _DEPRECATED_OPTIONS = {"zeta": "dps", "lr": "reddiff", "lam": "reddiff"}
 # retrospective-mask options: their defaults, applied when no --mask-file is given
 _MASK_DEFAULTS = {"mask": "random", "acceleration": 4.0, "center_fraction": 0.08}
-DEFAULT_PRIOR = "mri-brain"
 ACTIVE = "ads"
 """The command's one method that is not the pipeline's (:data:`~diffinverse.pipelines.fastmri.METHODS`):
 Active Diffusion Subsampling, which chooses each slice's lines (:mod:`diffinverse.pipelines.active`)."""
@@ -193,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reconstruction method (default: dps); 'ads' (Active Diffusion Subsampling) chooses each "
                         "slice's lines of a fully sampled file while sampling and saves them")
     p.add_argument("--prior", default=None,
-                   help=f"shipped prior name or .safetensors path, diffusion samplers only (default: {DEFAULT_PRIOR})")
+                   help="shipped prior name or .safetensors path, diffusion samplers only (default: mri-brain; "
+                        "mri-brain-latent for stsl)")
     p.add_argument("--mask", choices=MASK_TYPES, default=None,
                    help="retrospective mask for fully sampled files (default: random lines), seeded by --seed "
                         "and the file name")
@@ -227,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ads-particles", dest="ads_particles", type=int, default=None, metavar="N",
                    help=f"with --sampler ads: particles (their disagreement chooses the next line; their mean is "
                         f"the reconstruction, their std the std) (default: {ACTIVE_DEFAULTS['num_particles']})")
-    p.add_argument("--ads-sampler", dest="ads_sampler", choices=tuple(SAMPLER_DEFAULTS), default=None,
+    p.add_argument("--ads-sampler", dest="ads_sampler", choices=PARTICLE_SAMPLERS, default=None,
                    help=f"with --sampler ads: the sampler that moves the particles; its own options "
                         f"(--dds-gamma, ...) apply (default: {ACTIVE_DEFAULTS['sampler']})")
     p.add_argument("--adapt", action="store_true",
@@ -320,7 +326,7 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
                               f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")
     if args.sampler in (*SAMPLER_DEFAULTS, ACTIVE) and args.prior is None:
-        args.prior = DEFAULT_PRIOR
+        args.prior = SAMPLER_DEFAULTS[_particle_sampler(args) if args.sampler == ACTIVE else args.sampler].prior
     if args.slices is not None:
         _parse_slices(args.slices, 10**9)
     if args.sigma_start is not None and args.sigma_start.lower() != "none":

@@ -252,6 +252,26 @@ def test_adapt_trains_adapters_during_the_run_and_is_recorded(tmp_path, tiny_pri
     assert json.loads((tmp_path / "plain" / "a.metrics.json").read_text())["options"]["adapt"] is None
 
 
+def test_stsl_runs_on_the_shipped_latent_prior_by_default(tmp_path, capsys):
+    """--sampler stsl loads mri-brain-latent unless --prior is given, takes its --stsl-* options
+    and records them; an image size the autoencoder cannot take fails that file with a clear
+    message (exit 1)."""
+    make_file(tmp_path / "l.h5", coils=2, slices=1, shape=(32, 32), recon=(32, 32))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "l.h5"), "--sampler", "stsl", "--steps", "4", "--stsl-inner-steps", "1",
+                 "--center-fraction", "0.25", "--output", str(out)]) == 0
+    record = json.loads((out / "l.metrics.json").read_text())
+    assert record["options"]["prior"] == "mri-brain-latent" and record["nfe"] > 0
+    assert record["options"]["sampler_options"]["inner_steps"] == 1
+    rec = read_h5(out / "l.h5")["reconstruction"]
+    assert rec.shape == (1, 32, 32) and np.isfinite(rec).all() and rec.max() > 0
+    make_file(tmp_path / "odd.h5", coils=2, slices=1, shape=(30, 30), recon=(30, 30))   # 30: not a multiple of 4
+    assert main([str(tmp_path / "odd.h5"), "--sampler", "stsl", "--steps", "2", "--stsl-inner-steps", "1",
+                 "--acceleration", "2", "--center-fraction", "0.25", "--output", str(tmp_path / "odd")]) == 1
+    printed = capsys.readouterr()
+    assert "odd.h5" in printed.out and "not a multiple of the autoencoder's downsampling factor 4" in printed.out
+
+
 def test_bf16_runs_the_network_in_bfloat16(tmp_path, monkeypatch):
     # --bf16 reaches the sampler: the prior runs under bf16 autocast, and the output is the
     # float32 run's up to bf16 rounding; the record says how the network ran. (The shipped prior:
@@ -406,13 +426,13 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     (["--sampler", "reddiff", "--dps-squared-norm"], "--dps-squared-norm applies to --sampler dps, not reddiff"),
     (["--sampler", "reddiff", "--zeta", "1"], "--dps-zeta applies to --sampler dps, not reddiff"),
     (["--sampler", "dps", "--dps-zeta", "1", "--zeta", "2"], "give --dps-zeta or its deprecated name --zeta, not both"),
-    (["--sampler", "sense", "--warm-start", "tv"], "--warm-start applies to the diffusion samplers (dps, reddiff, dds), not sense"),
-    (["--sampler", "tv", "--bf16"], "--bf16 applies to the diffusion samplers (dps, reddiff, dds), not tv"),
+    (["--sampler", "sense", "--warm-start", "tv"], "--warm-start applies to the diffusion samplers (dps, reddiff, dds, stsl), not sense"),
+    (["--sampler", "tv", "--bf16"], "--bf16 applies to the diffusion samplers (dps, reddiff, dds, stsl), not tv"),
     (["--sampler", "reddiff", "--reddiff-lam", "-1"], "--sampler reddiff: "),   # the sampler's own range check
     (["--sampler", "dps", "--dps-zeta", "nan"], "--dps-zeta must be a finite number, got nan"),
     (["--sampler", "dps", "--sigma-start", "1e6"], "exceeds the prior's largest noise level"),
     (["--sampler", "dds", "--adapt-lr", "1e-3"], "--adapt-lr need(s) --adapt"),
-    (["--sampler", "tv", "--adapt"], "--adapt applies to the diffusion samplers (dps, reddiff, dds), not tv"),
+    (["--sampler", "tv", "--adapt"], "--adapt applies to the diffusion samplers (dps, reddiff, dds, stsl), not tv"),
     (["--sampler", "dds", "--adapt", "--adapt-rank", "0"], "--adapt: "),   # Adaptation's own range check
 ])
 def test_configuration_errors_exit_2_before_writing(tmp_path, capsys, tiny_priors, extra, message):

@@ -207,7 +207,7 @@ class _nothing:
 def test_prior_with_a_baseline_is_refused(data, tmp_path, capsys, sampler):
     assert main([str(data / "f0.h5"), "--sampler", sampler, "--prior", "mri-brain",
                  "--output", str(tmp_path / "o")]) == 2
-    assert f"--prior applies to the diffusion samplers (dps, reddiff, dds), not {sampler}" in capsys.readouterr().err
+    assert f"--prior applies to the diffusion samplers (dps, reddiff, dds, stsl), not {sampler}" in capsys.readouterr().err
 
 
 def test_all_zero_kspace_fails_the_file_and_zero_slices_warn(tmp_path, capsys):

@@ -59,6 +59,7 @@ from diffinverse.samplers.ads import ActiveSubsampling, kspace_line_candidates
 
 __all__ = [
     "ACTIVE_DEFAULTS",
+    "PARTICLE_SAMPLERS",
     "ActiveKspaceReconstruction",
     "active_reconstruct_kspace",
     "line_budget",
@@ -69,6 +70,8 @@ ACTIVE_DEFAULTS: Mapping[str, object] = MappingProxyType({
     "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": (0.0, 0.8)})
 """The function's defaults: particle sampler (a key of ``SAMPLER_DEFAULTS``), particles, entropy
 kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window."""
+PARTICLE_SAMPLERS = ("dps", "reddiff", "dds")
+"""The pipeline's samplers that can move ADS's particles: those on the pixel prior (not STSL)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
         recon_size: ``(h, w)`` reconstruction matrix (readout crop and image crop); default ``(H, W)``.
         center_fraction: fraction of central columns measured first (default fastMRI's: 0.08 for
             ``R < 6``, 0.04 otherwise).
-        sampler: the particle sampler, a key of ``SAMPLER_DEFAULTS`` (``"dds"``, ``"reddiff"``, ``"dps"``).
+        sampler: the particle sampler, one of :data:`PARTICLE_SAMPLERS` (``"dds"``, ``"reddiff"``, ``"dps"``).
         num_steps, sigma_start, cold_start, sampler_options: as in
             :func:`~diffinverse.pipelines.fastmri.reconstruct_kspace` (the warm start is SENSE of
             the centre lines).
@@ -203,8 +206,8 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
     if center_fraction is None:
         center_fraction = 0.08 if acceleration < 6 else 0.04
     n_low, total = line_budget(W, acceleration=acceleration, center_fraction=center_fraction)
-    if sampler not in SAMPLER_DEFAULTS:
-        raise ValueError(f"unknown sampler {sampler!r}; the particle samplers: {', '.join(SAMPLER_DEFAULTS)}")
+    if sampler not in PARTICLE_SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; the particle samplers: {', '.join(PARTICLE_SAMPLERS)}")
     if isinstance(prior, str):
         from diffinverse.priors.checkpoints import load
 

@@ -76,13 +76,15 @@ class SamplerDefaults:
         sigma_start: warm-start noise level in the scaled units (99.5th percentile of the
             magnitude = 1).
         options: the sampler's own keyword options (its :class:`~diffinverse.samplers.SamplerSpec`
-            ``options``).
+            ``options``, and schedule options such as ``sigma_max``).
+        prior: the shipped prior it runs with unless another is given.
     """
 
     num_steps: int
     warm_start: str
     sigma_start: float
     options: Mapping[str, object] = field(default_factory=dict)
+    prior: str = "mri-brain"
 
     def __post_init__(self):
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -93,6 +95,10 @@ SAMPLER_DEFAULTS: dict[str, SamplerDefaults] = {
                            options={"zeta": 4.0, "squared_norm": False}),
     "reddiff": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.2, options={"lam": 0.08, "lr": 0.05}),
     "dds": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.3, options={"gamma": 10.0, "eta": 1.0}),
+    # on the latent prior: a 50-step grid from latent sigma 0.1, zeta chosen on the tuning images of
+    # the single-coil 4x task (benchmarks/samplers/stsl_results.md)
+    "stsl": SamplerDefaults(num_steps=50, warm_start="sense", sigma_start=0.1, prior="mri-brain-latent",
+                            options={"zeta": 0.3, "inner_steps": 5, "eta": 0.02, "sigma_max": 0.1}),
 }
 """Name (a key of :data:`~diffinverse.samplers.SAMPLERS`) -> this pipeline's settings."""
 
@@ -350,7 +356,7 @@ def resolve_start(sampler, *, method: str, warm_start: str | None = None, sigma_
 
 
 def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *, method: str = "dps",
-                       prior="mri-brain", recon_size: tuple[int, int] | None = None,
+                       prior=None, recon_size: tuple[int, int] | None = None,
                        acceleration: float | None = None, mask_type: str = "random", center_fraction: float = 0.08,
                        mask_generator: torch.Generator | None = None, num_steps: int | None = None,
                        warm_start: str | None = None, sigma_start: float | None = None, cold_start: bool = False,
@@ -378,7 +384,8 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
         method: a diffusion sampler (a key of :data:`SAMPLER_DEFAULTS`: ``"dps"``, ``"reddiff"``, ``"dds"``),
             or ``"zero-filled"``, ``"sense"``, ``"tv"``.
         prior: a 2-channel denoiser, or a shipped prior's name or ``.safetensors`` path (loaded on
-            ``device``); unused by the classical methods.
+            ``device``); default the method's (:attr:`SamplerDefaults.prior`: ``"mri-brain"``,
+            ``"mri-brain-latent"`` for STSL); unused by the classical methods.
         recon_size: ``(h, w)`` reconstruction matrix: the readout is cropped to ``h`` rows and the
             images centre-cropped to ``(h, w)``. Default ``(H, W)`` (no crop).
         acceleration: with ``mask=None``, undersample by this factor with a mask of
@@ -430,6 +437,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
 
     sampler = None
     if method in SAMPLER_DEFAULTS:
+        prior = SAMPLER_DEFAULTS[method].prior if prior is None else prior
         if isinstance(prior, str):
             from diffinverse.priors.checkpoints import load
 
