@@ -109,6 +109,27 @@ def test_first_choices_are_the_exact_maximum_entropy_choices(kernel):
     assert ads.last_nfe == len(ads.sampler.sigmas) - 1
 
 
+@pytest.mark.parametrize("kernel, warns", [("gmm", True), ("ads", False)])
+def test_a_saturated_gmm_kernel_is_named_not_silently_ranked_by_index(kernel, warns):
+    """With s far below the particles' disagreement every gmm entropy sits at its bound 0 and the
+    choice would fall to the lowest index without a word: the run warns, naming s; the ads kernel
+    (no bound) ranks the same particles and does not warn."""
+    import warnings
+
+    prior, _ = _gaussian_prior()
+    _, candidates, measure, physics_for_mask, groups = _pixel_problem(prior, [])
+    ads = ActiveSubsampling(DDS(prior, num_steps=6, data_consistency="projection", sigma_start=None, progress=False),
+                            budget=2, num_particles=4, window=(0.0, 0.5), kernel=kernel, s=1e-6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ads(measure, physics_for_mask, candidates, initial_mask=candidates[0], groups=groups,
+            x_shape=(1, *SHAPE), generator=torch.Generator().manual_seed(2))
+    saturated = [w for w in caught if "saturated" in str(w.message)]
+    assert bool(saturated) == warns
+    if warns:
+        assert "s=1e-06" in str(saturated[0].message) and saturated[0].category is RuntimeWarning
+
+
 def test_a_budget_beyond_the_window_acquires_several_candidates_per_step():
     """6 steps, window (0, 0.5): 3 acquisition steps for a budget of 8; every acquisition is
     still one measure call of one new pixel, and those of a step are its highest entropies."""

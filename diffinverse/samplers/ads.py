@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -108,6 +109,18 @@ def candidate_entropies(predicted: torch.Tensor, groups: torch.Tensor, num_candi
     sign = 1.0 if kernel == "ads" else -1.0
     lse = torch.logsumexp(sign * d2 / (2 * s**2), dim=1)        # (N, L)
     return lse.sum(0) if kernel == "ads" else -lse.mean(0)
+
+
+def _warn_if_saturated(h: torch.Tensor, s: float) -> None:
+    """Warn when the ``"gmm"`` entropies of several open candidates sit at their upper bound 0:
+    the particles disagree on them by far more than ``s``, the estimate cannot rank them, and the
+    choice among them falls to the lowest index."""
+    tied = int((h == 0).sum())
+    if tied > 1:
+        warnings.warn(f"kernel='gmm' is saturated: {tied} candidates share the largest entropy (the particles "
+                      f"disagree on them by far more than s={s:g}), so the lowest-numbered is taken; use a larger "
+                      f"s, about the spread of the predicted measurements, or kernel='ads'",
+                      RuntimeWarning, stacklevel=3)
 
 
 def kspace_line_candidates(measurement_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,6 +321,8 @@ class ActiveSubsampling:
                     x0_hat = sampler.denoise(x, sigma)
                     h = candidate_entropies(full.A(x0_hat), groups, len(candidates), s=self.s, kernel=self.kernel)
                 h = torch.where(open_.to(h.device), h, torch.full_like(h, -math.inf))
+                if self.kernel == "gmm":
+                    _warn_if_saturated(h, self.s)
                 for _ in range(at[i]):          # the at[i] highest entropies, one measurement each
                     best = int(h.argmax())
                     entropies.append(h.clone())
