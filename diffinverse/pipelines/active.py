@@ -46,7 +46,6 @@ from diffinverse.imaging import from_prior_range, per_item, to_prior_range
 from diffinverse.operators.coils import estimate_coil_maps, rss
 from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels
 from diffinverse.pipelines.fastmri import (
-    SAMPLER_DEFAULTS,
     SENSE_ITERS,
     SENSE_LAMBDA,
     _as_kspace,
@@ -68,7 +67,7 @@ __all__ = [
 
 ACTIVE_DEFAULTS: Mapping[str, object] = MappingProxyType({
     "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": (0.0, 0.8)})
-"""The function's defaults: particle sampler (a key of ``SAMPLER_DEFAULTS``), particles, entropy
+"""The function's defaults: particle sampler (one of :data:`PARTICLE_SAMPLERS`), particles, entropy
 kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window."""
 PARTICLE_SAMPLERS = ("dps", "reddiff", "dds")
 """The pipeline's samplers that can move ADS's particles: those on the pixel prior (not STSL)."""

@@ -52,7 +52,7 @@ import torch
 
 from diffinverse.baselines import tv_reconstruction
 from diffinverse.datasets.fastmri import center_crop
-from diffinverse.imaging import from_prior_range, magnitude, per_item, to_prior_range
+from diffinverse.imaging import from_prior_range, per_item, to_prior_range
 from diffinverse.operators.coils import estimate_coil_maps, rss
 from diffinverse.operators.masks import equispaced_lines, random_lines, variable_density_2d
 from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels, to_complex
