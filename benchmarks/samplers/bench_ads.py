@@ -154,6 +154,8 @@ def main() -> None:
     ap.add_argument("--gamma", type=float, default=None, help="DDS data weight (default: 10 MRI, 30 CT)")
     ap.add_argument("--s", type=float, default=None, help="entropy kernel width (default: 0.1 MRI, 30 CT)")
     ap.add_argument("--kernel", choices=["ads", "gmm"], default="ads", help="ADS's entropy kernel (default: ads)")
+    ap.add_argument("--window", type=float, nargs=2, default=(0.0, 0.8), metavar=("START", "STOP"),
+                    help="ADS's acquisition window, fractions of the run (default: 0 0.8)")
     ap.add_argument("--seed", type=int, default=0, help="image seed (tasks: 0 test, 1000 tuning)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="write the results as JSON here")
@@ -179,7 +181,7 @@ def main() -> None:
                 measure, physics_for_mask, candidates, groups, initial, budget, masks = _mri_problems(args, accel, s, x)
             row = {"acceleration": accel, "slice": s, "measured": budget + 1 if ct_mode else budget + int(initial[0].sum())}
             ads = ActiveSubsampling(sampler, budget=budget, num_particles=args.particles, s=s_kernel,
-                                    kernel=args.kernel)
+                                    kernel=args.kernel, window=tuple(args.window))
             t = time.perf_counter()
             out = ads(measure, physics_for_mask, candidates, initial_mask=initial, groups=groups,
                       x_shape=tuple(x.shape), generator=torch.Generator().manual_seed(s))
