@@ -15,7 +15,9 @@ parallel or fan beam; Cartesian MRI with a line or Poisson mask, one for all sli
 slice, single-coil or with simulated coils), and reconstructed by one method (:func:`reconstruct`):
 
 - ``mbir``: :class:`~diffinverse.samplers.DiffusionMBIR` (2-D prior on the slices, ADMM-TV across
-  them; ``--mbir-dc tweedie`` (default, DDS-style) or ``noisy`` (the paper's predictor-corrector));
+  them; ``--mbir-dc tweedie`` (default, DDS-style: a reconstruction in ~50 steps) or ``noisy``
+  (the paper's predictor-corrector: needs ~1000 steps, ``--steps``, and is then the more accurate;
+  ``benchmarks/samplers/mbir_results.md``));
 - ``dps``, ``reddiff``, ``dds``: a 2-D sampler of :data:`~diffinverse.samplers.SAMPLERS` on each
   slice independently (``--chunk-size`` slices per batch), at the class's own defaults unless
   ``--SAMPLER-OPTION`` is given;
