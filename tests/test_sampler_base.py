@@ -118,6 +118,29 @@ def test_divergence_is_reported_not_returned(name, prior, problem):
         SAMPLERS[name](_BreaksBelow(prior, level=1.0), num_steps=6)(y, physics)
 
 
+class _NeverDenoises(Prior):
+    """A denoiser that returns its input: a cold start's noise at sigma_max (500) is never removed."""
+
+    def __init__(self, inner: Prior):
+        super().__init__()
+        self.channels, self.sigma_min, self.sigma_max = inner.channels, inner.sigma_min, 500.0
+        self.data_range = inner.data_range
+
+    def denoise(self, x, sigma):
+        return x
+
+
+@pytest.mark.parametrize("name", ["dps", "dds"])
+def test_a_cold_start_left_at_noise_scale_is_divergence(name, prior, problem):
+    """From a cold start the state begins as noise at sigma_max: a run that ends at that scale, far
+    outside the prior's data range, raises instead of returning the noise (the bound is the prior's
+    range, not the noisy initial state's, which would allow 100 x 500 x a few)."""
+    physics, _, y = problem
+    sampler = SAMPLERS[name](_NeverDenoises(prior), num_steps=6)
+    with pytest.raises(FloatingPointError, match="diverged.*cold start: the prior's data range"):
+        sampler(y, physics, generator=torch.Generator().manual_seed(0))
+
+
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_nfe_counts_network_calls(name, prior, problem):
     physics, _, y = problem
@@ -451,8 +474,10 @@ def test_autocast_runs_the_network_in_bf16():
 
 
 class _SmallUNetLike(torch.nn.Module):
-    """Two convolutions: enough for memory formats and compilation to matter."""
-    sigma_min, sigma_max, data_range = 0.01, 5.0, (-1.0, 1.0)
+    """Two convolutions: enough for memory formats and compilation to matter. It barely denoises, so
+    its grid tops at 0.5: from a cold start at 5 its output would stay noise of that scale, which
+    the loop reports as divergence."""
+    sigma_min, sigma_max, data_range = 0.01, 0.5, (-1.0, 1.0)
 
     def __init__(self, channels: int = 2):
         super().__init__()

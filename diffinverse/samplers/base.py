@@ -24,7 +24,8 @@ Scale: step sizes that multiply ``A^H A`` are given relative to ``||A||^2``
 (:func:`operator_scale`), so that one setting means the same on a CT projector (``||A||^2`` in
 the thousands), a 4x super-resolution (1/16) and an orthonormal MRI operator (1). Divergence:
 a run whose last state is not finite, or exceeds ``DIVERGENCE_FACTOR`` times the larger of 1 and
-the initial state's largest magnitude, raises ``FloatingPointError`` naming the sampler's step size.
+the warm start's largest magnitude (a cold start's state is noise at ``sigma_max``: there the
+prior's ``data_range``), raises ``FloatingPointError`` naming the sampler's step size.
 
 How to add a sampler: see the :mod:`diffinverse.samplers` package docstring.
 
@@ -58,9 +59,9 @@ from diffinverse.samplers.posterior import Posterior, sample_posterior
 __all__ = ["DiffusionSampler", "Posterior", "DIVERGENCE_FACTOR", "data_fidelity_grad", "default_start", "operator_scale",
            "randn"]
 
-DIVERGENCE_FACTOR = 100.0
-"""A last state larger than this many times ``max(1, max |x| of the initial state)`` has diverged
-(priors work on images whose magnitude is about 1)."""
+DIVERGENCE_FACTOR = 10.0
+"""A last state larger than this many times ``max(1, max |x| of the warm start)`` (of the prior's
+``data_range`` for a cold start) has diverged (priors work on images whose magnitude is about 1)."""
 _NON_FINITE = re.compile(r"non-finite|NaN|infinite")
 """What an operator's refusal of a non-finite input says (the samplers' diverged state)."""
 
@@ -336,9 +337,9 @@ class DiffusionSampler:
                 physics) or has another batch size than ``y``, ``x_shape`` is not the initial
                 state's shape, or (from the prior) the state's dtype or device is not the network's.
             FloatingPointError: if the iteration diverged: the last state is not finite, or
-                larger than ``DIVERGENCE_FACTOR`` times the larger of 1 and the initial state's
-                largest magnitude, or the physics refused a non-finite state during the run (the
-                message names the step size to lower).
+                larger than ``DIVERGENCE_FACTOR`` times the larger of 1 and the warm start's
+                largest magnitude (for a cold start: the prior's ``data_range``), or the physics
+                refused a non-finite state during the run (the message names the step size to lower).
         """
         # the checks run on the inputs' device and are read before the first step: on a GPU the
         # set-up below is queued meanwhile instead of waiting for them
@@ -359,7 +360,10 @@ class DiffusionSampler:
             raise ValueError(f"x_shape {tuple(x_shape)} is not the shape of the initial state, {tuple(x.shape)} "
                              f"(from x_init or physics.A_dagger(y))")
         x = in_layout(x, self.state_format(x))
-        start_max = x.detach().abs().amax()   # read after the loop (no synchronisation here)
+        # the scale a result is judged by (read after the loop: no synchronisation here): the warm
+        # start's, or for a cold start, whose state is noise at sigma_max, the prior's data range
+        start_max = x.detach().abs().amax() if warm else torch.tensor(
+            max(abs(float(v)) for v in getattr(self.prior, "data_range", (-1.0, 1.0))))
         state = self.init_state(x, y, physics)
         sigmas = self._device_grid(levels, x.device)
         draws = [self.draws_noise(s, s_next) for s, s_next in zip(levels[:-1], levels[1:])]
@@ -426,7 +430,7 @@ class DiffusionSampler:
 
     def _check_converged(self, x: torch.Tensor, start_max: torch.Tensor, num_steps: int) -> None:
         """``FloatingPointError`` if the last state ``x`` is not finite or has grown by orders of
-        magnitude beyond the initial state's largest magnitude ``start_max`` (and beyond 1)."""
+        magnitude beyond ``start_max`` (the warm start's largest magnitude or the prior's range) and 1."""
         name = type(self).__name__
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"{name} diverged: its state contains NaN or infinite values after {num_steps} "
@@ -435,7 +439,8 @@ class DiffusionSampler:
         if largest > bound:
             raise FloatingPointError(
                 f"{name} diverged: after {num_steps} steps its state reaches |x| = {largest:.3g}, more than "
-                f"{DIVERGENCE_FACTOR:g} times the initial state's largest magnitude (or 1); lower {self.step_size_hint}")
+                f"{DIVERGENCE_FACTOR:g} times the warm start's largest magnitude (cold start: the prior's data "
+                f"range; at least 1); lower {self.step_size_hint}")
 
     def _device_grid(self, levels: list[float], device: torch.device) -> torch.Tensor:
         """The run's noise levels on the state's device (float64, float32 where the device has no

@@ -72,6 +72,8 @@ class DiffusionMBIR(DiffusionSampler):
         CVPR 2023.
     """
 
+    step_size_hint = "the ADMM weights lam and rho (or use dc=\"tweedie\")"
+
     def __init__(self, prior, *, dc: Literal["tweedie", "noisy"] = "tweedie", num_steps: int = 50, axis: int = 2,
                  tv: Literal["slice", "all"] = "slice", lam: float = 0.04, rho: float = 10.0,
                  cg_iters: int | None = None, boundary: Literal["neumann", "circular"] = "neumann",
