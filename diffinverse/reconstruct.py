@@ -238,9 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(--dds-gamma, ...) apply (default: {ACTIVE_DEFAULTS['sampler']})")
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation of the prior: LoRA adapters trained on this file's measurements "
-                        "during sampling (diffusion samplers only; the prior's weights are never changed). "
-                        "Measured on real head images: within +-0.2 dB of no adaptation (benchmarks/samplers/"
-                        "adaptation_results.md); learning rates of 1e-3 and above lost 0.4 dB or more")
+                        "during sampling (diffusion samplers only; the prior's weights are never changed); "
+                        "what it gains on real head images: benchmarks/samplers/adaptation_results.md")
     for option, (kind, default) in _ADAPT_OPTIONS.items():
         p.add_argument(f"--adapt-{option}", dest=f"adapt_{option}", type=kind, default=None,
                        metavar=option.upper(), help=f"with --adapt: Adaptation's {option} (default: {default:g})")

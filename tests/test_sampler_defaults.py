@@ -46,11 +46,10 @@ def _estimate(method, prior, y, physics):
     """The sampler's estimate at its defaults: RED-Diff's and DDS's output, and for DPS, whose
     output is one posterior sample (expected squared error twice the posterior variance, which
     loses PSNR to a smooth baseline where the posterior is broad), the mean of DPS_SAMPLES samples."""
-    sampler = SAMPLERS[method].cls(prior, progress=False)
-    g = torch.Generator().manual_seed(SAMPLER_SEED)
     if method == "dps":
-        return sampler.posterior(y, physics, num_samples=DPS_SAMPLES, generator=g).mean
-    return sampler(y, physics, generator=g)
+        return SAMPLERS[method].cls(prior, progress=False).posterior(
+            y, physics, num_samples=DPS_SAMPLES, generator=torch.Generator().manual_seed(SAMPLER_SEED)).mean
+    return _run(method, prior, y, physics)
 
 
 @pytest.mark.parametrize("task", list(TASKS))
