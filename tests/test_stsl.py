@@ -217,8 +217,11 @@ def shared_problem():
 
 @pytest.mark.parametrize("check", _SHARED)
 def test_shared_sampler_checks(check, shared_problem, monkeypatch):
+    # the paper's eta (trace term on, so the probes draw from the generator) and a step that stays
+    # stable from any seed (the checks include a run from a fresh seed): a large eta and zeta send
+    # some cold starts far outside this mixture's range, which the loop reports as divergence
     monkeypatch.setitem(shared.SAMPLERS, "stsl",
-                        lambda p, **kw: STSL(p, zeta=0.3, inner_steps=2, eta=0.5, progress=False, **kw))
+                        lambda p, **kw: STSL(p, zeta=0.1, inner_steps=2, eta=0.02, progress=False, **kw))
     prior, problem = shared_problem
     getattr(shared, check)("stsl", prior, problem)
 
