@@ -44,7 +44,9 @@ a time):
    :data:`~diffinverse.pipelines.active.ACTIVE_DEFAULTS`), the particle sampler's own options,
    ``--steps``, ``--sigma-start``, ``--prior`` and ``--bf16``; it refuses ``--num-samples > 1``
    (the particles are the samples), ``--warm-start tv`` (the particles start from SENSE of the
-   centre lines) and ``--adapt``.
+   centre lines) and ``--adapt``. ``--second-map-set`` (tv and the samplers) says what becomes of
+   the second ESPIRiT map set of a field of view that wraps
+   (:func:`~diffinverse.pipelines.fastmri.reconstruct_kspace`'s ``second_map_set``).
 4. **Outputs** in ``--output``: ``<name>.h5`` in fastMRI's submission layout (``reconstruction``
    float32 magnitude ``(S, h, w)``, centre-cropped, plus ``std`` with ``--num-samples N > 1``, the
    ``mask`` as fastMRI stores it, and attributes ``options`` (JSON of :func:`run_options`),
@@ -138,6 +140,7 @@ from diffinverse.pipelines.fastmri import (
     MASK_TYPES,
     METHODS,
     SAMPLER_DEFAULTS,
+    SECOND_MAP_SETS,
     WARM_STARTS,
     acceleration_of,
     build_sampler,
@@ -217,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm-start noise level in scaled units, or 'none' for a cold start from pure noise")
     p.add_argument("--warm-start", choices=WARM_STARTS, default=None,
                    help="baseline the diffusion samplers start from (default: per sampler)")
+    p.add_argument("--second-map-set", choices=SECOND_MAP_SETS, default=None,
+                   help="multi-coil data whose field of view wraps (ESPIRiT finds a second map set): 'model' "
+                        "reconstructs both map sets' images (TV or the prior on each), 'sense' keeps SENSE's "
+                        "second image (default: model; sense for stsl, whose latent prior models one image)")
     for sampler, option, kind in _sampler_options():
         default = SAMPLER_DEFAULTS[sampler].options.get(option)
         text = f"{SAMPLERS[sampler].cls.__name__} option {option}" + (f" (default: {default:g})"
@@ -320,6 +327,11 @@ def _check_options(args: argparse.Namespace) -> None:
     given_adapt = [f"--adapt-{o}" for o in _ADAPT_OPTIONS if getattr(args, f"adapt_{o}") is not None]
     if given_adapt and not args.adapt:
         raise ConfigError(f"{', '.join(given_adapt)} need(s) --adapt")
+    if args.second_map_set is not None and args.sampler not in (*SAMPLER_DEFAULTS, "tv"):
+        raise ConfigError(f"--second-map-set applies to tv and the diffusion samplers "
+                          f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")
+    if args.second_map_set == "model" and args.sampler == "stsl":
+        raise ConfigError("--second-map-set model needs a pixel prior; stsl's latent prior models one image")
     for option in ("prior", "warm_start", "bf16", "adapt"):
         if getattr(args, option) and args.sampler not in (*SAMPLER_DEFAULTS, ACTIVE):
             raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
@@ -549,6 +561,8 @@ def run_options(args: argparse.Namespace, method: _Method) -> dict:
     if method.name in SAMPLER_DEFAULTS:
         options.update(num_samples=method.num_samples,
                        adapt=None if method.adapt is None else dataclasses.asdict(method.adapt))
+    if method.name in (*SAMPLER_DEFAULTS, "tv"):
+        options["second_map_set"] = method.second_map_set
     elif method.name == ACTIVE:
         options["ads"] = {**method.active, "sampler": method.sampler_name}
     return json.loads(json.dumps(options))  # as read back from a record
@@ -670,6 +684,7 @@ class _Method:
         self.warm_start = args.warm_start
         self.steps = args.steps
         self.bf16 = args.bf16
+        self.second_map_set = args.second_map_set or ("sense" if self.name == "stsl" else "model")
         self.adapt = None
         if args.adapt:
             try:
@@ -704,9 +719,9 @@ class _Method:
     def reconstruct(self, k: torch.Tensor, mask: torch.Tensor, recon_size: tuple[int, int],
                     generator: torch.Generator):
         """:func:`~diffinverse.pipelines.reconstruct_kspace` of one batch with the run's settings."""
-        settings = {}
+        settings = {"second_map_set": self.second_map_set} if self.name in (*SAMPLER_DEFAULTS, "tv") else {}
         if self.name in SAMPLER_DEFAULTS:
-            settings = {"prior": self.prior, "num_steps": self.steps, "warm_start": self.warm_start,
+            settings |= {"prior": self.prior, "num_steps": self.steps, "warm_start": self.warm_start,
                         "sigma_start": self.sigma_start, "cold_start": self.cold_start,
                         "sampler_options": self.options, "num_samples": self.num_samples, "autocast": self.bf16,
                         "generator": generator, "adapt": self.adapt}

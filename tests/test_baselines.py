@@ -207,6 +207,25 @@ def test_tv_known_answers():
     assert torch.allclose(flat, y.mean(dim=(1, 2, 3), keepdim=True).expand_as(y), atol=1e-3)
 
 
+def test_tv_with_a_support_solves_the_constrained_problem():
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(1, 1, 8, 8, generator=g)
+    support = torch.zeros(1, 1, 8, 8)
+    support[..., 2:6, 1:7] = 1
+    denoise = dinv.physics.Denoising()
+    # a huge lam: zero (the jump at the support's edge counts, so no constant but 0 is free)
+    flat = tv_reconstruction(y, denoise, lam=100.0, support=support)
+    torch.testing.assert_close(flat, torch.zeros_like(y), atol=1e-3, rtol=0)
+    # a moderate lam: zero outside, and no feasible image does better, e.g. the unconstrained
+    # minimiser cut to the support
+    x = tv_reconstruction(y, denoise, lam=0.3, support=support, tol=1e-7, num_iters=50000)
+    free = tv_reconstruction(y, denoise, lam=0.3, tol=1e-7, num_iters=50000)
+    assert (x[~support.bool()] == 0).all()
+    assert tv_objective(x, y, denoise, 0.3) < tv_objective(free * support, y, denoise, 0.3)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        tv_reconstruction(y, denoise, support=torch.ones(2, 1, 8, 8))
+
+
 def test_tv_volume_denoising():
     g = torch.Generator().manual_seed(4)
     vol = torch.zeros(1, 1, 8, 16, 16)

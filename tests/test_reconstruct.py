@@ -250,6 +250,7 @@ def test_adapt_trains_adapters_during_the_run_and_is_recorded(tmp_path, tiny_pri
     assert record["options"]["adapt"]["lr"] == 0.01 and record["options"]["adapt"]["every"] == 1
     assert "adapted (LoRA rank 4" in record["method"]
     assert json.loads((tmp_path / "plain" / "a.metrics.json").read_text())["options"]["adapt"] is None
+    assert record["options"]["second_map_set"] == "model"
 
 
 def test_stsl_runs_on_the_shipped_latent_prior_by_default(tmp_path, capsys):
@@ -263,6 +264,7 @@ def test_stsl_runs_on_the_shipped_latent_prior_by_default(tmp_path, capsys):
     record = json.loads((out / "l.metrics.json").read_text())
     assert record["options"]["prior"] == "mri-brain-latent" and record["nfe"] > 0
     assert record["options"]["sampler_options"]["inner_steps"] == 1
+    assert record["options"]["second_map_set"] == "sense"     # the latent prior models one image
     rec = read_h5(out / "l.h5")["reconstruction"]
     assert rec.shape == (1, 32, 32) and np.isfinite(rec).all() and rec.max() > 0
     make_file(tmp_path / "odd.h5", coils=2, slices=1, shape=(30, 30), recon=(30, 30))   # 30: not a multiple of 4
@@ -434,6 +436,9 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     (["--sampler", "dds", "--adapt-lr", "1e-3"], "--adapt-lr need(s) --adapt"),
     (["--sampler", "tv", "--adapt"], "--adapt applies to the diffusion samplers (dps, reddiff, dds, stsl), not tv"),
     (["--sampler", "dds", "--adapt", "--adapt-rank", "0"], "--adapt: "),   # Adaptation's own range check
+    (["--sampler", "sense", "--second-map-set", "model"],
+     "--second-map-set applies to tv and the diffusion samplers (dps, reddiff, dds, stsl), not sense"),
+    (["--sampler", "stsl", "--second-map-set", "model"], "--second-map-set model needs a pixel prior"),
 ])
 def test_configuration_errors_exit_2_before_writing(tmp_path, capsys, tiny_priors, extra, message):
     make_file(tmp_path / "x.h5", slices=1, shape=(12, 10), recon=(8, 8))

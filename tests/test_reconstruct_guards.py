@@ -69,6 +69,7 @@ def test_outputs_record_their_options_and_resume_refuses_others(data, tmp_path, 
     assert main([*_args(data, out, "--resume")[:2], "tv", *_args(data, out, "--resume")[3:]]) == 2
     err = capsys.readouterr().err
     assert "sampler 'zero-filled' (outputs) vs 'tv' (this run)" in err and "--overwrite" in err
+    assert "second_map_set" not in recorded    # zero-filling has no second image to choose for
     assert all(f"f{i}.h5" in err for i in range(3))
     assert main(_args(data, out, "--resume", "--seed", "7")) == 2
     assert "seed 0 (outputs) vs 7 (this run)" in capsys.readouterr().err

@@ -11,16 +11,21 @@ from a notebook or another program on tensors. For one batch of slices it does:
    retrospective one (:func:`retrospective_mask`) for fully sampled data.
 3. **Coil maps** (multi-coil): ESPIRiT from the fully sampled centre (its width read from the
    mask, at most :data:`MAX_CALIB`), two map sets (soft-SENSE, which copes with a field of view
-   that wraps). The SENSE baseline uses both sets. A diffusion prior models one complex image, so
-   TV and the diffusion samplers reconstruct the first (dominant) set's image from the
-   measurements less the k-space of SENSE's second-set image (non-zero only where the field of
-   view wraps), which is added back in the magnitude.
+   that wraps). The SENSE baseline uses both sets. The second set is non-zero only where the
+   field of view wraps; where it is, TV and the diffusion samplers reconstruct both sets' images
+   under the measurement model (``second_map_set="model"``): TV on each image, the second
+   constrained to its maps' support, or the prior on each
+   (:class:`~diffinverse.priors.stack.ImageStackPrior`: one network call on the pair); the second
+   image is zero outside that support, as SENSE's. With ``"sense"`` (STSL, whose latent prior
+   models one image) the first set's image is reconstructed from the measurements less the
+   k-space of SENSE's second-set image, which is added back in the magnitude. Where the second
+   set is empty both give the same result.
 4. **Baselines**: zero-filled (root-sum-of-squares of the coil images) and SENSE (multi-coil):
    Tikhonov-regularised least squares ``(A^H A + SENSE_LAMBDA I) x = A^H y`` by at most
    :data:`SENSE_ITERS` conjugate-gradient iterations (plain least squares amplifies noise as CG
    converges). Single-coil ``"sense"`` is the zero-filled image. ``method="tv"``:
    TV-regularised least squares (PDHG, weight :data:`TV_LAMBDA` on the scaled data of step 5, run
-   to convergence) on the first map set's image, slice by slice, so that each slice stops at its
+   to convergence) on the map sets' images of step 3, slice by slice, so that each slice stops at its
    own tolerance and its image does not depend on the batch.
 5. **Intensity scaling** (:mod:`diffinverse.imaging`). The shipped priors were trained on complex
    images whose magnitude's 99.5th percentile is 1. Each slice's measurements are divided by
@@ -52,15 +57,17 @@ import torch
 
 from diffinverse.baselines import tv_reconstruction
 from diffinverse.datasets.fastmri import center_crop
-from diffinverse.imaging import from_prior_range, per_item, to_prior_range
+from diffinverse.imaging import from_prior_range, per_item, prior_range_scale
 from diffinverse.operators.coils import estimate_coil_maps, rss
 from diffinverse.operators.masks import equispaced_lines, random_lines, variable_density_2d
 from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels, to_complex
+from diffinverse.priors.latent import LatentPrior
+from diffinverse.priors.stack import ImageStackPrior
 from diffinverse.samplers.adaptation import Adaptation
 from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["KspaceReconstruction", "SamplerDefaults", "SAMPLER_DEFAULTS", "BASELINES", "METHODS", "MASK_TYPES",
-           "WARM_STARTS", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB", "reconstruct_kspace",
+           "WARM_STARTS", "SECOND_MAP_SETS", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB", "reconstruct_kspace",
            "build_sampler", "resolve_start", "retrospective_mask", "max_acceleration", "acceleration_of",
            "crop_readout", "calibration_width"]
 
@@ -106,6 +113,7 @@ BASELINES = ("zero-filled", "sense")
 METHODS = (*SAMPLER_DEFAULTS, *BASELINES, "tv")
 MASK_TYPES = ("random", "equispaced", "poisson")
 WARM_STARTS = ("sense", "tv")
+SECOND_MAP_SETS = ("model", "sense")
 TV_LAMBDA = 0.002
 """TV weight on the scaled data (99.5th percentile of the magnitude = 1)."""
 SENSE_LAMBDA = 0.01
@@ -362,7 +370,8 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
                        warm_start: str | None = None, sigma_start: float | None = None, cold_start: bool = False,
                        sampler_options: Mapping | None = None, num_samples: int = 1, autocast: bool = False,
                        generator: torch.Generator | None = None, device: str | torch.device | None = None,
-                       progress: bool = False, adapt: Adaptation | None = None) -> KspaceReconstruction:
+                       progress: bool = False, adapt: Adaptation | None = None,
+                       second_map_set: str | None = None) -> KspaceReconstruction:
     """Reconstruct a batch of MRI slices from (undersampled) k-space; see the module docstring.
 
     Example:
@@ -410,6 +419,12 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
         adapt: test-time adaptation of the prior (LoRA adapters trained on the measurement during
             sampling, :class:`~diffinverse.samplers.adaptation.Adaptation`; the prior's weights are
             never changed), or ``None``.
+        second_map_set: multi-coil data whose second ESPIRiT map set is not empty (a field of view
+            that wraps): ``"model"`` reconstructs both map sets' images under the measurement model
+            (TV on each, or the prior on each, :class:`~diffinverse.priors.stack.ImageStackPrior`),
+            ``"sense"`` keeps SENSE's second-set image and reconstructs the first from the rest of
+            the data. Default ``"model"``, and ``"sense"`` for a latent prior (STSL), whose
+            sampler works on one image.
 
     Returns:
         :class:`KspaceReconstruction` (image, std, complex image, baselines, mask, NFE).
@@ -419,7 +434,8 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
         ValueError: a ``kspace`` shape other than those above, NaN or infinite values, an empty
             batch; a mask of another shape or not 0/1; both or neither of ``mask`` and
             ``acceleration``; a ``recon_size`` larger than the k-space; an unknown method, warm
-            start or sampler option; sampler settings given to a classical method; ``num_samples
+            start, ``second_map_set`` or sampler option; ``second_map_set="model"`` with a latent
+            prior; sampler settings given to a classical method; ``num_samples
             > 1`` without a sampler; a multi-coil mask whose fully sampled centre is narrower
             than 3 samples (no coil maps); a prior without 2 channels.
     """
@@ -435,6 +451,8 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
+    if second_map_set not in (None, *SECOND_MAP_SETS):
+        raise ValueError(f"second_map_set must be one of {', '.join(SECOND_MAP_SETS)}, got {second_map_set!r}")
     sampler = None
     if method in SAMPLER_DEFAULTS:
         prior = SAMPLER_DEFAULTS[method].prior if prior is None else prior
@@ -444,6 +462,13 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
             # building the network before its weights are read draws from the global RNG
             with torch.random.fork_rng(devices=[]):
                 prior = load(prior, device=device).eval()
+        if isinstance(prior, LatentPrior):
+            if second_map_set == "model":
+                raise ValueError(f"second_map_set='model' needs a pixel prior; {method!r} runs on a latent prior "
+                                 "that models one image (use 'sense')")
+            second_map_set = "sense"
+        elif k.shape[1] > 1:
+            prior = ImageStackPrior(prior)   # one image per map set when the second set is modelled
         sampler = build_sampler(method, prior, num_steps=num_steps, sampler_options=sampler_options,
                                 autocast=autocast, progress=progress, adapt=adapt)
         warm_start, sigma_start = resolve_start(sampler, method=method, warm_start=warm_start,
@@ -469,7 +494,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
     mask = _as_mask(mask, (h, W)).to(device)
     k = crop_readout(k, h)
     out = _reconstruct(k, mask, calibration_width(mask), method, sampler, warm_start, sigma_start, num_samples,
-                       generator)
+                       generator, model_second=(second_map_set or "model") == "model")
     crop = {name: None if v is None else center_crop(v, (h, w)) for name, v in out.items()}
     return KspaceReconstruction(
         image=crop["image"], std=crop["std"], complex_image=crop["complex"],
@@ -483,8 +508,12 @@ def _rss_maps(x: torch.Tensor) -> torch.Tensor:
 
 
 def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, sampler, warm_start: str | None,
-                 sigma_start: float | None, num_samples: int, generator) -> dict[str, torch.Tensor | None]:
+                 sigma_start: float | None, num_samples: int, generator, *,
+                 model_second: bool) -> dict[str, torch.Tensor | None]:
     """One batch on the ``(h, W)`` grid: ``k (B, C, h, W)`` complex (``C = 1``: single-coil).
+
+    ``model_second``: reconstruct the second map set's image too (when any slice has one), else keep
+    SENSE's.
 
     Returns ``{"image", "std", "complex", "zero-filled"[, "sense"]}``: magnitudes ``(B, h, W)``,
     the complex image ``(B, 2, M, h, W)`` (or None), std (or None).
@@ -501,41 +530,55 @@ def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, s
         cg = {"cg_iters": SENSE_ITERS, "cg_lambda": SENSE_LAMBDA}
         x_sense = MultiCoilMRI(mask, maps, **cg).A_dagger(y)            # (B, 2, 2, h, W): two map sets
         out["sense"] = _rss_maps(x_sense)
-        # the prior knows one image per slice: it reconstructs the first map set's image, and the
-        # second's (non-zero only where the field of view wraps) is kept from SENSE and its
-        # k-space subtracted from y
-        second = x_sense[:, :, 1]
-        physics = MultiCoilMRI(mask, maps[:, :1], **cg)
-        y = y - MultiCoilMRI(mask, maps[:, 1:]).A(second)
-        x0 = x_sense[:, :, 0]
         if method == "sense":
             return {**out, "image": out["sense"], "std": None, "complex": x_sense}
         if method == "zero-filled":
             return {**out, "image": out["zero-filled"], "std": None, "complex": None}
+        # the second map set is non-zero only where the field of view wraps (often nowhere)
+        second_support = maps[:, 1].abs().amax(1) > 0                  # (B, h, W)
+        if model_second and bool(second_support.any()):
+            # both images under the model, (B, 2, 2, h, W); the second is defined only where its
+            # maps are non-zero, and zero elsewhere (as in SENSE)
+            physics, x0, second = MultiCoilMRI(mask, maps, **cg), x_sense, None
+        else:
+            # the first map set's image from the data less the k-space of SENSE's second-set image
+            second, second_support = x_sense[:, :, 1], None
+            physics = MultiCoilMRI(mask, maps[:, :1], **cg)
+            y = y - MultiCoilMRI(mask, maps[:, 1:]).A(second)
+            x0 = x_sense[:, :, 0]
     else:
         y = to_channels(y_c[:, 0])                                    # (B, 2, h, W)
         physics = SingleCoilMRI(mask)
-        second = None
+        second = second_support = None
         x0 = physics.A_dagger(y)
         if method in BASELINES:
             return {**out, "image": out["zero-filled"], "std": None, "complex": x0[:, :, None]}
 
-    # scale into the prior's range (the baseline's magnitude's 99.5th percentile -> 1) and back
-    x_init, scale = to_prior_range(x0)
-    y_s = y / per_item(scale, y)
+    # scale into the prior's range (the first map set's magnitude's 99.5th percentile -> 1) and back
+    scale = prior_range_scale(x0 if x0.ndim == 4 else x0[:, :, 0])
+    x_init, y_s = x0 / per_item(scale, x0), y / per_item(scale, y)
 
     def in_data_units(x_scaled: torch.Tensor) -> torch.Tensor:
         """``(B, 2, M, h, W)``: the image in the data's units, with the second map set's where there is one."""
         x = from_prior_range(x_scaled.detach(), scale)
+        if second_support is not None:
+            return torch.stack([x[:, :, 0], x[:, :, 1] * second_support[:, None]], dim=2)
         return x[:, :, None] if second is None else torch.stack([x, second], dim=2)
 
     if method == "tv" or warm_start == "tv":
         # slice by slice: in a batch every slice would iterate until the slowest converged, so a
         # slice's result would depend on the batch
         def slice_physics(i: int):
-            return physics if second is None else MultiCoilMRI(mask, maps[i:i + 1, :1], **cg)
+            return physics if isinstance(physics, SingleCoilMRI) else MultiCoilMRI(mask, physics.coil_maps[i:i + 1], **cg)
 
-        x_init = torch.cat([tv_reconstruction(y_s[i:i + 1], slice_physics(i), lam=TV_LAMBDA, x_init=x_init[i:i + 1])
+        def slice_support(i: int):   # the second map set's image lives where its maps are non-zero
+            if second_support is None:
+                return None
+            return torch.stack([torch.ones_like(second_support[i]), second_support[i]])[None, None]
+
+        # TV of each map set's image (the two spatial dims; a stack's sets are not neighbours)
+        x_init = torch.cat([tv_reconstruction(y_s[i:i + 1], slice_physics(i), lam=TV_LAMBDA, x_init=x_init[i:i + 1],
+                                              spatial_dims=2, support=slice_support(i))
                             for i in range(len(y_s))])
     if method == "tv":
         x = in_data_units(x_init)

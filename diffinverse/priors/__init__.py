@@ -5,8 +5,9 @@ from .checkpoints import available, load, save
 from .gmm import GaussianMixture, GaussianMixturePrior
 from .latent import ConvLatentPrior, LatentPrior, load_latent_diffusers
 from .sampling import sample_heun
+from .stack import ImageStackPrior
 from .unet import UNet
 
 __all__ = ["schedules", "Prior", "RangeAdapter", "VPDenoiser", "available", "load", "save",
-           "GaussianMixture", "GaussianMixturePrior", "sample_heun", "UNet",
+           "GaussianMixture", "GaussianMixturePrior", "ImageStackPrior", "sample_heun", "UNet",
            "ConvLatentPrior", "LatentPrior", "load_latent_diffusers"]

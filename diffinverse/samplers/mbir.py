@@ -41,6 +41,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from diffinverse.imaging import per_item
+from diffinverse.priors.stack import from_planes, to_planes
 from diffinverse.samplers.admm_tv import AdmmTV
 from diffinverse.samplers.base import DiffusionSampler
 from diffinverse.samplers.dds import renoise
@@ -113,11 +114,9 @@ class DiffusionMBIR(DiffusionSampler):
 
     def denoise_volume(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """``D`` applied to the planes perpendicular to ``axis``, ``chunk_size`` planes per call."""
-        planes = x.movedim(self.axis, 1)                        # (B, S, C, h, w)
-        flat = planes.reshape(-1, *planes.shape[2:])
         with torch.no_grad():
-            out = torch.cat([self.denoise(chunk, sigma) for chunk in flat.split(self.chunk_size)])
-        return out.reshape(planes.shape).movedim(1, self.axis)
+            out = torch.cat([self.denoise(chunk, sigma) for chunk in to_planes(x, self.axis).split(self.chunk_size)])
+        return from_planes(out, x, self.axis)
 
     def step(self, x, sigma, sigma_next, noise, y, physics, state):
         s, s_next = sigma.to(x.dtype), sigma_next.to(x.dtype)
