@@ -17,7 +17,8 @@ slice, single-coil or with simulated coils), and reconstructed by one method (:f
 - ``mbir``: :class:`~diffinverse.samplers.DiffusionMBIR` (2-D prior on the slices, ADMM-TV across
   them; ``--mbir-dc tweedie`` (default, DDS-style: a reconstruction in ~50 steps) or ``noisy``
   (the paper's predictor-corrector: needs ~1000 steps, ``--steps``, and is then the more accurate;
-  ``benchmarks/samplers/mbir_results.md``));
+  ``benchmarks/samplers/mbir_results.md``); each mode has its own ``lam`` and ``rho`` per modality,
+  :data:`MBIR_DEFAULTS` and :data:`MBIR_NOISY_DEFAULTS`);
 - ``dps``, ``reddiff``, ``dds``: a 2-D sampler of :data:`~diffinverse.samplers.SAMPLERS` on each
   slice independently (``--chunk-size`` slices per batch), at the class's own defaults unless
   ``--SAMPLER-OPTION`` is given;
@@ -94,6 +95,7 @@ from diffinverse.samplers import SAMPLERS, DiffusionMBIR
 
 __all__ = [
     "MBIR_DEFAULTS",
+    "MBIR_NOISY_DEFAULTS",
     "METHODS",
     "PLANES",
     "PRIORS",
@@ -113,9 +115,13 @@ PLANES = {"axial": 0, "coronal": 1, "sagittal": 2}
 """Plane name -> the axis of a ``(D, H, W)`` volume that is cut (axial: along the slices)."""
 PRIORS = {"ct": "ct-ellipses", "mri": "mri-brain"}
 MBIR_DEFAULTS = {"ct": {"lam": 1.0, "rho": 100.0}, "mri": {"lam": 0.03, "rho": 1.0}}
-"""DiffusionMBIR's TV weight and ADMM penalty per modality, on the scaled data (99.5th percentile 1),
-chosen on tuning volumes at 16 x 64 x 64 (``benchmarks/samplers/mbir_results.md``): CT at 30 views,
-MRI at 4x single-coil; CT's are for the torch projector's units (pixel size 1)."""
+"""DiffusionMBIR's TV weight and ADMM penalty per modality in its default ``dc="tweedie"`` mode, on
+the scaled data (99.5th percentile 1), chosen on tuning volumes at 16 x 64 x 64
+(``benchmarks/samplers/mbir_results.md``): CT at 30 views, MRI at 4x single-coil; CT's are for the
+torch projector's units (pixel size 1)."""
+MBIR_NOISY_DEFAULTS = {"ct": {"lam": 0.04, "rho": 10.0}, "mri": {"lam": 0.005, "rho": 0.01}}
+"""The same for ``dc="noisy"``: the official code's values, checked on the tuning volumes (CT at 8
+views, MRI at 4x); the Tweedie mode's pin the noisy state at 8 views and on MRI (same page)."""
 TV_LAMBDA = {"ct": 1.0, "mri": 0.01}
 """The 3-D TV baseline's weight per modality, on the scaled data (the end-to-end tasks' values)."""
 DEMO_SHAPE = (16, 64, 64)
@@ -447,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag, dest = f"--{method}-{option.replace('_', '-')}", f"{method}_{option}"
         help_text = f"{method} option {option}"
         if method == "mbir" and option in ("lam", "rho"):
-            help_text += f" (default: {MBIR_DEFAULTS['ct'][option]:g} CT, {MBIR_DEFAULTS['mri'][option]:g} MRI)"
+            help_text += (f" (default: {MBIR_DEFAULTS['ct'][option]:g} CT, {MBIR_DEFAULTS['mri'][option]:g} MRI; "
+                          f"with --mbir-dc noisy {MBIR_NOISY_DEFAULTS['ct'][option]:g} CT, "
+                          f"{MBIR_NOISY_DEFAULTS['mri'][option]:g} MRI)")
         if kind is bool:
             p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -468,7 +476,8 @@ def _options_of(args: argparse.Namespace) -> dict:
     opts = {o: getattr(args, f"{m}_{o}") for m, o, _ in _option_table()
             if m == args.sampler and getattr(args, f"{m}_{o}") is not None}
     if args.sampler == "mbir":
-        opts = {**MBIR_DEFAULTS[args.modality], **opts}
+        defaults = MBIR_NOISY_DEFAULTS if opts.get("dc") == "noisy" else MBIR_DEFAULTS
+        opts = {**defaults[args.modality], **opts}
     return opts
 
 

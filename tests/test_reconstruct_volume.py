@@ -114,6 +114,12 @@ def test_mbir_writes_the_affine_metrics_and_resumes(tmp_path, capsys):
     code, cap = _run(capsys, *argv, "--resume")
     assert code == 0 and "1 skipped" in cap.out
     assert (out / "vol.nii.gz").stat().st_mtime_ns == mtime
+    # the noisy mode gets its own (the official code's) lam and rho unless they are given; it needs
+    # more steps than 2 to reach an image
+    code, cap = _run(capsys, *argv, "--mbir-dc", "noisy", "--steps", "40", "--output", tmp_path / "noisy")
+    assert code == 0, cap.err
+    options = json.loads((tmp_path / "noisy" / "vol.metrics.json").read_text())["options"]
+    assert (options["dc"], options["lam"], options["rho"]) == ("noisy", 0.04, 10.0)
 
 
 def test_several_samples_write_a_std_volume_and_slice_by_slice_samplers_run(tmp_path, capsys):
