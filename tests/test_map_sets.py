@@ -122,3 +122,26 @@ def test_bad_second_map_set_settings_are_refused():
         reconstruct_kspace(k, method="tv", acceleration=2, second_map_set="both")
     with pytest.raises(ValueError, match="needs a pixel prior"):
         reconstruct_kspace(k, method="stsl", acceleration=2, second_map_set="model")
+
+
+def test_adaptation_include_patterns_name_the_2d_priors_layers_inside_the_stack():
+    from diffinverse.samplers.adaptation import Adaptation, lora_targets
+
+    prior = tiny_prior()
+    plain = lora_targets(prior, Adaptation(include="^net"))
+    stacked = lora_targets(ImageStackPrior(prior), Adaptation(include="^net"))
+    assert [f"prior.{name}" for name, _ in plain] == [name for name, _ in stacked]
+    assert all(a is b for (_, a), (_, b) in zip(plain, stacked))
+
+
+def test_adaptation_runs_on_both_map_sets_images(wrapped):
+    from diffinverse.samplers.adaptation import Adaptation
+
+    k, mask, _, _ = wrapped
+    prior = tiny_prior()
+    before = {n: p.clone() for n, p in prior.state_dict().items()}
+    runs = [reconstruct_kspace(k[:1], mask, method="dds", prior=prior, num_steps=4, adapt=adapt,
+                               generator=torch.Generator().manual_seed(0))
+            for adapt in (None, Adaptation(lr=1e-2, every=1))]
+    assert torch.isfinite(runs[1].image).all() and not torch.equal(runs[0].image, runs[1].image)
+    assert all(torch.equal(before[n], p) for n, p in prior.state_dict().items())   # weights untouched

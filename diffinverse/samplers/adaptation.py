@@ -64,6 +64,7 @@ import torch
 from deepinv.physics import LinearPhysics
 from torch import nn
 
+from diffinverse.priors.stack import ImageStackPrior
 from diffinverse.samplers.data_consistency import cg_data_consistency
 from diffinverse.samplers.network import NetworkCall
 
@@ -170,6 +171,10 @@ class AdaptationRecord:
 def lora_targets(prior, adaptation: Adaptation) -> list[tuple[str, torch.Tensor]]:
     """``[(parameter name, weight)]`` of the layers of ``prior`` that ``adaptation`` adapts.
 
+    ``include`` is matched against the names inside the 2-D prior also when ``prior`` wraps it in
+    an :class:`~diffinverse.priors.stack.ImageStackPrior` (the returned names keep the wrapper's
+    ``prior.`` prefix).
+
     Raises:
         TypeError: if ``prior`` is not a ``torch.nn.Module`` (no network to adapt).
         ValueError: if it has no floating-point layer of the requested kind (``layers`` /
@@ -180,14 +185,15 @@ def lora_targets(prior, adaptation: Adaptation) -> list[tuple[str, torch.Tensor]
                         f"{type(prior).__name__}")
     kinds = _LAYERS[adaptation.layers]
     pattern = re.compile(adaptation.include) if adaptation.include is not None else None
+    inner, prefix = (prior.prior, "prior.") if isinstance(prior, ImageStackPrior) else (prior, "")
     targets = []
-    for name, module in prior.named_modules():
+    for name, module in inner.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(module, kinds) or not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
             continue
         if pattern is not None and not pattern.search(name):
             continue
-        targets.append((f"{name}.weight" if name else "weight", weight))
+        targets.append((f"{prefix}{name}.weight" if name else f"{prefix}weight", weight))
     if not targets:
         which = f"matching include={adaptation.include!r}" if pattern is not None else "at all"
         raise ValueError(f"{type(prior).__name__} has no trainable {adaptation.layers} layers {which} "
