@@ -3,7 +3,7 @@
 Usage::
 
     diffinverse-reconstruct --demo                               # bundled 8-coil brain file
-    diffinverse-reconstruct FILE_OR_DIR --output out/            # defaults: DPS, mri-brain prior, 4x
+    diffinverse-reconstruct FILE_OR_DIR --output out/            # defaults: DPS, mri-brain-v2 prior, 4x
     diffinverse-reconstruct data/ --sampler sense --mask equispaced --acceleration 8 --output out/
     diffinverse-reconstruct data/ --sampler reddiff --reddiff-lr 0.02 --output out/
     diffinverse-reconstruct data/ --sampler ads --acceleration 8 --output out/  # ADS chooses the lines
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reconstruction method (default: dps); 'ads' (Active Diffusion Subsampling) chooses each "
                         "slice's lines of a fully sampled file while sampling and saves them")
     p.add_argument("--prior", default=None,
-                   help="shipped prior name or .safetensors path, diffusion samplers only (default: mri-brain; "
+                   help="shipped prior name or .safetensors path, diffusion samplers only (default: mri-brain-v2; "
                         "mri-brain-latent for stsl)")
     p.add_argument("--mask", choices=MASK_TYPES, default=None,
                    help="retrospective mask for fully sampled files (default: random lines), seeded by --seed "

@@ -141,7 +141,7 @@ def line_budget(width: int, *, acceleration: float, center_fraction: float) -> t
     return n_low, total
 
 
-def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prior="mri-brain",
+def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prior="mri-brain-v2",
                               recon_size: tuple[int, int] | None = None, center_fraction: float | None = None,
                               sampler: str = "dds", num_steps: int | None = None, sigma_start: float | None = None,
                               cold_start: bool = False, sampler_options: Mapping | None = None,

@@ -84,14 +84,16 @@ class SamplerDefaults:
             magnitude = 1).
         options: the sampler's own keyword options (its :class:`~diffinverse.samplers.SamplerSpec`
             ``options``, and schedule options such as ``sigma_max``).
-        prior: the shipped prior it runs with unless another is given.
+        prior: the shipped prior it runs with unless another is given: ``mri-brain-v2`` (fine-tuned
+            on real head images; its comparison with ``mri-brain`` is in ``benchmarks/README.md``),
+            ``mri-brain-latent`` for STSL.
     """
 
     num_steps: int
     warm_start: str
     sigma_start: float
     options: Mapping[str, object] = field(default_factory=dict)
-    prior: str = "mri-brain"
+    prior: str = "mri-brain-v2"
 
     def __post_init__(self):
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -393,7 +395,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
         method: a diffusion sampler (a key of :data:`SAMPLER_DEFAULTS`: ``"dps"``, ``"reddiff"``, ``"dds"``),
             or ``"zero-filled"``, ``"sense"``, ``"tv"``.
         prior: a 2-channel denoiser, or a shipped prior's name or ``.safetensors`` path (loaded on
-            ``device``); default the method's (:attr:`SamplerDefaults.prior`: ``"mri-brain"``,
+            ``device``); default the method's (:attr:`SamplerDefaults.prior`: ``"mri-brain-v2"``,
             ``"mri-brain-latent"`` for STSL); unused by the classical methods.
         recon_size: ``(h, w)`` reconstruction matrix: the readout is cropped to ``h`` rows and the
             images centre-cropped to ``(h, w)``. Default ``(H, W)`` (no crop).
