@@ -121,7 +121,8 @@ the scaled data (99.5th percentile 1), chosen on tuning volumes at 16 x 64 x 64
 torch projector's units (pixel size 1)."""
 MBIR_NOISY_DEFAULTS = {"ct": {"lam": 0.04, "rho": 10.0}, "mri": {"lam": 0.005, "rho": 0.01}}
 """The same for ``dc="noisy"``: the official code's values, checked on the tuning volumes (CT at 8
-views, MRI at 4x); the Tweedie mode's pin the noisy state at 8 views and on MRI (same page)."""
+views, MRI at 4x; ``benchmarks/samplers/mbir_results.md`` also shows why the Tweedie mode's values
+do not suit this mode)."""
 TV_LAMBDA = {"ct": 1.0, "mri": 0.01}
 """The 3-D TV baseline's weight per modality, on the scaled data (the end-to-end tasks' values)."""
 DEMO_SHAPE = (16, 64, 64)

@@ -540,18 +540,19 @@ def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, s
         second_support = maps[:, 1].abs().amax(1) > 0                  # (B, h, W)
         if model_second and bool(second_support.any()):
             # both images under the model, (B, 2, 2, h, W); the second is defined only where its
-            # maps are non-zero, and zero elsewhere (as in SENSE)
+            # maps are non-zero, and zero elsewhere (as in SENSE): support (B, 1, 2, h, W)
             physics, x0, second = MultiCoilMRI(mask, maps, **cg), x_sense, None
+            support = torch.stack([torch.ones_like(second_support), second_support], dim=1)[:, None].to(x0.dtype)
         else:
             # the first map set's image from the data less the k-space of SENSE's second-set image
-            second, second_support = x_sense[:, :, 1], None
+            second, support = x_sense[:, :, 1], None
             physics = MultiCoilMRI(mask, maps[:, :1], **cg)
             y = y - MultiCoilMRI(mask, maps[:, 1:]).A(second)
             x0 = x_sense[:, :, 0]
     else:
         y = to_channels(y_c[:, 0])                                    # (B, 2, h, W)
         physics = SingleCoilMRI(mask)
-        second = second_support = None
+        second = support = None
         x0 = physics.A_dagger(y)
         if method in BASELINES:
             return {**out, "image": out["zero-filled"], "std": None, "complex": x0[:, :, None]}
@@ -563,8 +564,8 @@ def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, s
     def in_data_units(x_scaled: torch.Tensor) -> torch.Tensor:
         """``(B, 2, M, h, W)``: the image in the data's units, with the second map set's where there is one."""
         x = from_prior_range(x_scaled.detach(), scale)
-        if second_support is not None:
-            return torch.stack([x[:, :, 0], x[:, :, 1] * second_support[:, None]], dim=2)
+        if support is not None:
+            return x * support
         return x[:, :, None] if second is None else torch.stack([x, second], dim=2)
 
     if method == "tv" or warm_start == "tv":
@@ -573,14 +574,9 @@ def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, s
         def slice_physics(i: int):
             return physics if isinstance(physics, SingleCoilMRI) else MultiCoilMRI(mask, physics.coil_maps[i:i + 1], **cg)
 
-        def slice_support(i: int):   # the second map set's image lives where its maps are non-zero
-            if second_support is None:
-                return None
-            return torch.stack([torch.ones_like(second_support[i]), second_support[i]])[None, None]
-
         # TV of each map set's image (the two spatial dims; a stack's sets are not neighbours)
         x_init = torch.cat([tv_reconstruction(y_s[i:i + 1], slice_physics(i), lam=TV_LAMBDA, x_init=x_init[i:i + 1],
-                                              spatial_dims=2, support=slice_support(i))
+                                              spatial_dims=2, support=None if support is None else support[i:i + 1])
                             for i in range(len(y_s))])
     if method == "tv":
         x = in_data_units(x_init)
