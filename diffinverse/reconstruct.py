@@ -145,6 +145,7 @@ from diffinverse.pipelines.fastmri import (
     acceleration_of,
     build_sampler,
     reconstruct_kspace,
+    resolve_second_map_set,
     resolve_start,
     retrospective_mask,
 )
@@ -330,8 +331,6 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.second_map_set is not None and args.sampler not in (*SAMPLER_DEFAULTS, "tv"):
         raise ConfigError(f"--second-map-set applies to tv and the diffusion samplers "
                           f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")
-    if args.second_map_set == "model" and args.sampler == "stsl":
-        raise ConfigError("--second-map-set model needs a pixel prior; stsl's latent prior models one image")
     for option in ("prior", "warm_start", "bf16", "adapt"):
         if getattr(args, option) and args.sampler not in (*SAMPLER_DEFAULTS, ACTIVE):
             raise ConfigError(f"--{option.replace('_', '-')} applies to the diffusion samplers "
@@ -684,7 +683,7 @@ class _Method:
         self.warm_start = args.warm_start
         self.steps = args.steps
         self.bf16 = args.bf16
-        self.second_map_set = args.second_map_set or ("sense" if self.name == "stsl" else "model")
+        self.second_map_set = args.second_map_set or "model"   # resolved against the prior below
         self.adapt = None
         if args.adapt:
             try:
@@ -700,6 +699,10 @@ class _Method:
             self.warm_start = None if self.cold_start else "sense"
         if self.sampler_name in SAMPLER_DEFAULTS:
             self.prior = _load_prior(args.prior, device)
+            try:
+                self.second_map_set = resolve_second_map_set(self.prior, args.second_map_set)
+            except ValueError as err:
+                raise ConfigError(f"--second-map-set {args.second_map_set}: {err}") from None
             self.options = _options_of(args, self.sampler_name)
             try:
                 sampler = build_sampler(self.sampler_name, self.prior, num_steps=self.steps,

@@ -124,6 +124,17 @@ def test_bad_second_map_set_settings_are_refused():
         reconstruct_kspace(k, method="stsl", acceleration=2, second_map_set="model")
 
 
+def test_one_rule_resolves_the_map_set_mode_for_the_pipeline_and_the_command_line():
+    from diffinverse.priors import load
+    from diffinverse.pipelines.fastmri import resolve_second_map_set
+
+    latent = load("mri-brain-latent")
+    assert resolve_second_map_set(None, None) == "model" and resolve_second_map_set(tiny_prior(), "sense") == "sense"
+    assert resolve_second_map_set(latent, None) == "sense"      # a latent prior models one image
+    with pytest.raises(ValueError, match="needs a pixel prior"):
+        resolve_second_map_set(latent, "model")
+
+
 def test_adaptation_include_patterns_name_the_2d_priors_layers_inside_the_stack():
     from diffinverse.samplers.adaptation import Adaptation, lora_targets
 

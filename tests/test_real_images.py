@@ -302,3 +302,17 @@ def test_ct_nifti_drops_slices_of_air_in_hounsfield_units(tmp_path):
     images = R.RealImages(tmp_path, split="all", ct=True)
     assert [r.index for r in images.refs] == [1, 2, 3]
     assert float(images.read(0).min()) == 0.0 and float(images.read(0).max()) == 1040.0
+
+
+def test_max_side_area_averages_large_images_after_the_hounsfield_shift(tmp_path):
+    hu = np.arange(10 * 7).reshape(10, 7) * 4 - 1100  # some pixels below air: clamped before averaging
+    _write_dicom(tmp_path / "ct.dcm", hu + 1100, modality="CT", intercept=-1100.0, patient="A")
+    full = R.RealImages(tmp_path, split="all", ct=True).read(0)
+    small = R.RealImages(tmp_path, split="all", ct=True, max_side=4).read(0)
+    assert full.shape == (1, 10, 7) and small.shape == (1, 3, 2)  # factor ceil(10 / 4) = 3; rest dropped
+    expected = (torch.from_numpy(hu[:9, :6]).float() + 1000).clamp_min(0).reshape(3, 3, 2, 3).mean((1, 3))
+    assert torch.allclose(small[0], expected)
+    assert torch.equal(R.RealImages(tmp_path, split="all", ct=True, max_side=10).read(0), full)  # small enough
+    assert R.shrink_to(torch.ones(2, 1, 8, 8), 4).shape == (2, 1, 4, 4)
+    with pytest.raises(ValueError, match="max_side must be >= 0"):
+        R.RealImages(tmp_path, max_side=-1)

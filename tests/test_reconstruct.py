@@ -438,7 +438,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     (["--sampler", "dds", "--adapt", "--adapt-rank", "0"], "--adapt: "),   # Adaptation's own range check
     (["--sampler", "sense", "--second-map-set", "model"],
      "--second-map-set applies to tv and the diffusion samplers (dps, reddiff, dds, stsl), not sense"),
-    (["--sampler", "stsl", "--second-map-set", "model"], "--second-map-set model needs a pixel prior"),
+    (["--sampler", "stsl", "--second-map-set", "model"], "--second-map-set model: second_map_set='model' needs a pixel prior"),
 ])
 def test_configuration_errors_exit_2_before_writing(tmp_path, capsys, tiny_priors, extra, message):
     make_file(tmp_path / "x.h5", slices=1, shape=(12, 10), recon=(8, 8))

@@ -127,7 +127,7 @@ def heldout_source_images(spec: str, *, max_images: int, heldout_fraction: float
     Every image is in the prior range (magnitude's 99.5th percentile = 1); ``real-mri`` images are
     complex (``C = 2``) with the training data's smooth random phase, drawn from a generator seeded
     ``seed + index``. ``max_side > 0``: larger images are first area-averaged by the smallest integer
-    factor that brings their longer side to at most ``max_side`` pixels.
+    factor that brings their longer side to at most ``max_side`` pixels (``RealImages(max_side=)``).
     """
     from diffinverse.datasets.brain import smooth_random_phase
     from diffinverse.datasets.real_images import RealImages
@@ -138,14 +138,11 @@ def heldout_source_images(spec: str, *, max_images: int, heldout_fraction: float
         raise ValueError(f"--real-source must be real-mri:PATH or real-ct:PATH, got {spec!r}")
     mri = kind == "real-mri"
     images = RealImages(path, split="heldout", heldout_fraction=heldout_fraction, ct=not mri, axis=axis,
-                        modality="MR" if mri else "CT", jpeg_scale=jpeg_scale)
+                        modality="MR" if mri else "CT", jpeg_scale=jpeg_scale, max_side=max_side)
     picks = np.unique(np.linspace(0, len(images) - 1, min(max_images, len(images))).round().astype(int))
     out = {}
     for i in picks.tolist():
         x = images.read(i)
-        factor = math.ceil(max(x.shape[-2:]) / max_side) if max_side > 0 else 1
-        if factor > 1:
-            x = F.avg_pool2d(x[None], factor)[0]
         if mri and x.shape[0] == 1:
             phase = smooth_random_phase(1, tuple(x.shape[-2:]), generator=torch.Generator().manual_seed(seed + i))
             x = torch.cat([x * phase.cos(), x * phase.sin()])

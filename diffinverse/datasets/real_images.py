@@ -438,6 +438,19 @@ def _index_file(p: Path, fmt: str, root: Path, *, axis: int, mat_key: str | None
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def shrink_to(x: torch.Tensor, max_side: int) -> torch.Tensor:
+    """Area-average ``(..., H, W)`` by the smallest integer factor ``f`` with ``max(H, W) / f <= max_side``.
+
+    ``max_side`` 0, or an image already small enough, returns ``x`` unchanged. Trailing rows and
+    columns that do not fill an ``f x f`` block are dropped (``torch.nn.functional.avg_pool2d``).
+    """
+    factor = math.ceil(max(x.shape[-2:]) / max_side) if max_side > 0 else 1
+    if factor <= 1:
+        return x
+    lead = x.shape[:-2]
+    return F.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), factor).reshape(*lead, *(n // factor for n in x.shape[-2:]))
+
+
 class RealImages:
     """Real 2-D images from a folder (searched recursively) or one file, read lazily, split by patient.
 
@@ -454,6 +467,9 @@ class RealImages:
         mat_key: the ``.mat`` variable (``None``: auto-detected per file).
         jpeg_scale: downsampling factor for JPEG/PNG files (2: half resolution).
         jpeg_blur: Gaussian blur (pixels, after downsampling) for JPEG/PNG files.
+        max_side: ``> 0``: an image whose longer side exceeds this many pixels (after ``jpeg_scale``)
+            is area-averaged by the smallest integer factor that brings that side to at most
+            ``max_side`` (:func:`shrink_to`; e.g. 512 x 512 CT slices to 256 x 256). 0: keep sizes.
         min_foreground: NIfTI slices where fewer than this fraction of pixels exceed 10% of the
             volume's 99.5th percentile (of ``|x|``; CT: of ``HU + 1000``) are dropped (empty slices
             at the ends of a volume).
@@ -475,12 +491,14 @@ class RealImages:
 
     def __init__(self, path: str | os.PathLike, *, split: str = "train", heldout_fraction: float = 0.1,
                  ct: bool = False, axis: int = 2, mat_key: str | None = None, jpeg_scale: int = 2,
-                 jpeg_blur: float = 0.0, min_foreground: float = 0.1, modality: str | None = None,
-                 cache_files: int = 8):
+                 jpeg_blur: float = 0.0, max_side: int = 0, min_foreground: float = 0.1,
+                 modality: str | None = None, cache_files: int = 8):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
         if jpeg_scale < 1 or jpeg_blur < 0:
             raise ValueError(f"jpeg_scale must be >= 1 and jpeg_blur >= 0, got {jpeg_scale}, {jpeg_blur}")
+        if max_side < 0:
+            raise ValueError(f"max_side must be >= 0 (0: keep sizes), got {max_side}")
         root = Path(path)
         if root.is_file():
             files, base = [root], root.parent
@@ -506,7 +524,7 @@ class RealImages:
                                     f"{len({r.patient for r in refs})}, heldout_fraction {heldout_fraction})")
         self.patients = sorted({r.patient for r in self.refs})
         self.split, self.ct, self.axis, self.mat_key = split, ct, axis, mat_key
-        self.jpeg_scale, self.jpeg_blur = jpeg_scale, jpeg_blur
+        self.jpeg_scale, self.jpeg_blur, self.max_side = jpeg_scale, jpeg_blur, max_side
         self._read_file = functools.lru_cache(maxsize=max(1, cache_files))(self._read_file_uncached)
 
     def __len__(self) -> int:
@@ -515,15 +533,17 @@ class RealImages:
     def _read_file_uncached(self, path: Path, fmt: str) -> torch.Tensor:
         """All images of one file, ``(N, C, H, W)`` float32 in file units (CT: attenuation)."""
         if fmt == "jpeg":
-            return read_jpeg(path, scale=self.jpeg_scale, blur=self.jpeg_blur)[None, None]
-        if fmt == "dicom":
+            x = read_jpeg(path, scale=self.jpeg_scale, blur=self.jpeg_blur)[None, None]
+        elif fmt == "dicom":
             x = read_dicom(path)[:, None]
         elif fmt == "nifti":
             x = read_nifti_slices(path, axis=self.axis)[:, None]
         else:
             x = read_mat(path, key=self.mat_key, axis=self.axis)
-            return x if x.ndim == 4 else x[:, None]
-        return (x + 1000.0).clamp_min(0) if self.ct else x
+            x = x if x.ndim == 4 else x[:, None]
+        if self.ct and fmt in ("dicom", "nifti"):
+            x = (x + 1000.0).clamp_min(0)
+        return shrink_to(x, self.max_side)
 
     def read(self, i: int) -> torch.Tensor:
         """Item ``i`` in file units, ``(C, H, W)`` float32 (not scaled)."""

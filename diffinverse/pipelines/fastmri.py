@@ -67,7 +67,7 @@ from diffinverse.samplers.adaptation import Adaptation
 from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["KspaceReconstruction", "SamplerDefaults", "SAMPLER_DEFAULTS", "BASELINES", "METHODS", "MASK_TYPES",
-           "WARM_STARTS", "SECOND_MAP_SETS", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB", "reconstruct_kspace",
+           "WARM_STARTS", "SECOND_MAP_SETS", "resolve_second_map_set", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB", "reconstruct_kspace",
            "build_sampler", "resolve_start", "retrospective_mask", "max_acceleration", "acceleration_of",
            "crop_readout", "calibration_width"]
 
@@ -116,6 +116,7 @@ METHODS = (*SAMPLER_DEFAULTS, *BASELINES, "tv")
 MASK_TYPES = ("random", "equispaced", "poisson")
 WARM_STARTS = ("sense", "tv")
 SECOND_MAP_SETS = ("model", "sense")
+"""How a second ESPIRiT map set is reconstructed: under the measurement model, or kept from SENSE."""
 TV_LAMBDA = 0.002
 """TV weight on the scaled data (99.5th percentile of the magnitude = 1)."""
 SENSE_LAMBDA = 0.01
@@ -365,6 +366,26 @@ def resolve_start(sampler, *, method: str, warm_start: str | None = None, sigma_
     return warm_start, sigma_start
 
 
+def resolve_second_map_set(prior, requested: str | None) -> str:
+    """The map-set mode a run uses: ``requested``, else ``"model"``; always ``"sense"`` for a latent prior.
+
+    Args:
+        prior: the run's prior (``None`` for TV and the baselines).
+        requested: one of :data:`SECOND_MAP_SETS`, or ``None`` for the default.
+
+    Raises:
+        ValueError: ``requested`` is not a mode, or is ``"model"`` with a :class:`~diffinverse.priors.latent.
+            LatentPrior` (which models one image, not the pair).
+    """
+    if requested not in (None, *SECOND_MAP_SETS):
+        raise ValueError(f"second_map_set must be one of {', '.join(SECOND_MAP_SETS)}, got {requested!r}")
+    if isinstance(prior, LatentPrior):
+        if requested == "model":
+            raise ValueError("second_map_set='model' needs a pixel prior; a latent prior models one image (use 'sense')")
+        return "sense"
+    return requested or "model"
+
+
 def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *, method: str = "dps",
                        prior=None, recon_size: tuple[int, int] | None = None,
                        acceleration: float | None = None, mask_type: str = "random", center_fraction: float = 0.08,
@@ -453,8 +474,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
-    if second_map_set not in (None, *SECOND_MAP_SETS):
-        raise ValueError(f"second_map_set must be one of {', '.join(SECOND_MAP_SETS)}, got {second_map_set!r}")
+    resolve_second_map_set(None, second_map_set)   # a bad value fails before the prior is loaded
     sampler = None
     if method in SAMPLER_DEFAULTS:
         prior = SAMPLER_DEFAULTS[method].prior if prior is None else prior
@@ -464,12 +484,8 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
             # building the network before its weights are read draws from the global RNG
             with torch.random.fork_rng(devices=[]):
                 prior = load(prior, device=device).eval()
-        if isinstance(prior, LatentPrior):
-            if second_map_set == "model":
-                raise ValueError(f"second_map_set='model' needs a pixel prior; {method!r} runs on a latent prior "
-                                 "that models one image (use 'sense')")
-            second_map_set = "sense"
-        elif k.shape[1] > 1:
+        second_map_set = resolve_second_map_set(prior, second_map_set)
+        if not isinstance(prior, LatentPrior) and k.shape[1] > 1:
             prior = ImageStackPrior(prior)   # one image per map set when the second set is modelled
         sampler = build_sampler(method, prior, num_steps=num_steps, sampler_options=sampler_options,
                                 autocast=autocast, progress=progress, adapt=adapt)
@@ -496,7 +512,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
     mask = _as_mask(mask, (h, W)).to(device)
     k = crop_readout(k, h)
     out = _reconstruct(k, mask, calibration_width(mask), method, sampler, warm_start, sigma_start, num_samples,
-                       generator, model_second=(second_map_set or "model") == "model")
+                       generator, model_second=resolve_second_map_set(None, second_map_set) == "model")
     crop = {name: None if v is None else center_crop(v, (h, w)) for name, v in out.items()}
     return KspaceReconstruction(
         image=crop["image"], std=crop["std"], complex_image=crop["complex"],

@@ -505,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jpeg-scale", type=int, default=2,
                    help="real-*: JPEG/PNG downsampling factor (2: half resolution, against JPEG blocking)")
     p.add_argument("--jpeg-blur", type=float, default=0.0, help="real-*: Gaussian blur of JPEG/PNG images (pixels)")
+    p.add_argument("--real-max-side", type=int, default=0,
+                   help="real-*: area-average larger images by an integer factor to at most this side (0: keep)")
     p.add_argument("--real-noise", type=float, default=0.0,
                    help="real-*: white noise std drawn uniformly in [0, this] per image (prior units)")
     p.add_argument("--lr", type=float, default=2e-4)
@@ -556,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(specs) > 1 and any(w is None for _, w in specs):
         raise ValueError(f"several --data sources need a weight each (SPEC@WEIGHT), got {a.data}")
     real = {"heldout_fraction": a.heldout_fraction, "mat_key": a.mat_key, "jpeg_scale": a.jpeg_scale,
-            "jpeg_blur": a.jpeg_blur, "noise": a.real_noise}
+            "jpeg_blur": a.jpeg_blur, "max_side": a.real_max_side, "noise": a.real_noise}
     built = [_build_data(s, crop=crop, image_size=a.image_size, axis=a.axis, device=a.data_device,
                          brain_template=a.brain_template, brain_magnitude=a.brain_magnitude,
                          brain_noise=brain_noise, real=real) for s, _ in specs]
@@ -600,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {"data": " ".join(a.data), "crop": crop, "mix_natural": a.mix_natural, "init": a.init}
     if any(s.startswith("real-") for s, _ in specs):
         metadata.update(heldout_fraction=a.heldout_fraction, jpeg_scale=a.jpeg_scale, jpeg_blur=a.jpeg_blur,
-                        real_noise=a.real_noise, axis=a.axis)
+                        real_max_side=a.real_max_side, real_noise=a.real_noise, axis=a.axis)
     if any(s == "mri-brain" for s, _ in specs):
         metadata.update(brain_magnitude=a.brain_magnitude, brain_noise=list(brain_noise))
     train(prior, data, steps=a.steps, out_dir=a.out, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
