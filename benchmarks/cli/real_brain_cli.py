@@ -5,10 +5,10 @@ the columns, only the central 168 columns non-zero, a field of view that wraps) 
 temporary fastMRI-layout file, a project-made derivative that is deleted afterwards: ``kspace``
 ``(1, 8, 320, 256)`` and, as the reference, ``reconstruction_rss`` = the root-sum-of-squares of the
 fully sampled coil images. The command line then undersamples it retrospectively (its ``--mask``,
-``--acceleration``, ``--seed``) and reconstructs it with each ``--sampler`` at its defaults (DPS and
-RED-Diff on the first ESPIRiT map set's image, warm-started from two-map SENSE at sigma 0.2,
-50-step grid, shipped ``mri-brain`` prior), reporting PSNR/SSIM against the reference for the
-sampler and for the zero-filled and SENSE baselines, as it does for any fastMRI file.
+``--acceleration``, ``--seed``) and reconstructs it with each ``--sampler`` at its defaults (the
+pipeline's ``SAMPLER_DEFAULTS``: warm starts from SENSE, the ``mri-brain-v2`` prior, both ESPIRiT
+map sets under the model), reporting PSNR/SSIM against the reference for the sampler and for the
+zero-filled and SENSE baselines, as it does for any fastMRI file.
 
 Usage:
     python benchmarks/cli/real_brain_cli.py /work/shared/data/real/mri_kspace/espirit_brain_alias_8ch.mat \\
@@ -17,10 +17,14 @@ Usage:
     python benchmarks/cli/real_brain_cli.py ... --samplers dds reddiff --adapt '{"lr": 1e-3, "every": 2}'
 
 ``--adapt JSON`` runs the diffusion samplers with test-time adaptation of the prior
-(:class:`~diffinverse.samplers.adaptation.Adaptation`; the JSON object holds its fields). The
-command line has no option for it yet: for the whole run of this script, the samplers that the
-pipeline builds (:func:`diffinverse.pipelines.fastmri.build_sampler`) get it set, and each row
-adds the network forward and backward passes adaptation spent.
+(:class:`~diffinverse.samplers.adaptation.Adaptation`; the JSON object holds its fields, which
+the command line's ``--adapt-*`` options do not all reach): for the whole run of this script, the
+samplers that the pipeline builds (:func:`diffinverse.pipelines.fastmri.build_sampler`) get it
+set, and each row adds the network forward and backward passes adaptation spent.
+
+``--tv-lambda L`` sets the pipeline's TV weight (:data:`diffinverse.pipelines.fastmri.TV_LAMBDA`,
+on the scaled data) for the whole run: the sweep behind TV's upper bound on this scan, which is
+an oracle (the weight is chosen on the evaluation scan itself), never a default.
 """
 from __future__ import annotations
 
@@ -71,10 +75,14 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--adapt", type=json.loads, default=None,
                     help="test-time adaptation of the prior: a JSON object of Adaptation's fields")
+    ap.add_argument("--tv-lambda", type=float, default=None,
+                    help=f"TV weight for this run (default: the pipeline's {pipeline.TV_LAMBDA}); oracle sweeps only")
     ap.add_argument("--options", nargs=argparse.REMAINDER, default=[],
                     help="further command-line options for every run, e.g. --options --warm-start tv")
     args = ap.parse_args()
     built: list = []
+    if args.tv_lambda is not None:
+        pipeline.TV_LAMBDA = args.tv_lambda   # read by the pipeline at each TV solve
     if args.adapt is not None:   # every sampler the pipeline builds in this process adapts
         build = functools.partial(_build_adapted, pipeline.build_sampler, Adaptation(**args.adapt), built)
         pipeline.build_sampler = cli.build_sampler = build
