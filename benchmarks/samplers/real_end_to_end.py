@@ -19,7 +19,8 @@ Prints mean PSNR / SSIM per task and method and how many images each sampler win
 SSIM both above the best baseline's).
 
 Usage:
-    python benchmarks/samplers/real_end_to_end.py [--size 64] [--seed 2000] [--tasks ct_60_views ...]
+    python benchmarks/samplers/real_end_to_end.py [--size 64] [--seed 2000] [--tasks ct_60_views ...] \
+        [--images pydicom-data_693_UNCR_head_ct] [--prior ct-ellipses=PATH.safetensors]
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from bench_end_to_end import LABEL
 
+from diffinverse.baselines import tv_reconstruction
 from diffinverse.imaging import to_prior_range
 from diffinverse.operators.mri import fft2c, ifft2c, to_channels
-from diffinverse.tasks import SAMPLER_SEED, TASKS, frozen_priors, image_scores
+from diffinverse.tasks import SAMPLER_SEED, TASKS, TUNING_SEED, frozen_prior, frozen_priors, image_scores
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "priors"))
 import eval_priors  # noqa: E402  (benchmarks/priors: the real images of the priors' evaluation)
@@ -65,18 +67,52 @@ def per_image_scores(x: torch.Tensor, est: torch.Tensor) -> np.ndarray:
     return np.array(image_scores(x, est))
 
 
+def tv_grid_rows(spec, lams: list[float], size: int, x, y, physics) -> dict[str, np.ndarray]:
+    """TV at each weight of ``lams``: ``"TV tuned (lam L)"``, the weight with the best mean PSNR on
+    synthetic tuning images of the task at ``size``, and ``"TV oracle (lam L)"``, the best on the
+    real images ``x`` themselves (an upper bound, not a setting)."""
+    tuning = spec.problem(4, size, TUNING_SEED)
+    tuned = max(lams, key=lambda lam: per_image_scores(
+        tuning.x, tv_reconstruction(tuning.y, tuning.physics, lam=lam))[:, 0].mean())
+    real = {lam: per_image_scores(x, tv_reconstruction(y, physics, lam=lam)) for lam in lams}
+    oracle = max(lams, key=lambda lam: real[lam][:, 0].mean())
+    return {f"TV tuned (lam {tuned:g})": real[tuned], f"TV oracle (lam {oracle:g})": real[oracle]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=2000, help="seed of the masks and the measurement noise")
     ap.add_argument("--tasks", nargs="+", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prior", action="append", default=[], metavar="NAME=PRIOR",
+                    help="run the tasks of shipped prior NAME with PRIOR (a shipped name or .safetensors) instead")
+    ap.add_argument("--images", nargs="+", default=None,
+                    help="only these real images (names as printed by --list-images), e.g. the head CT")
+    ap.add_argument("--list-images", action="store_true")
+    ap.add_argument("--samplers", nargs="*", default=None, help="only these of each task's samplers (none: baselines)")
+    ap.add_argument("--tv-grid", nargs="+", type=float, default=None, metavar="LAM",
+                    help="also run TV at each weight: the weight best on 4 synthetic tuning images "
+                         "(tasks.TUNING_SEED, at --size) as 'TV tuned', and every weight on the real images "
+                         "as an oracle upper bound 'TV oracle' (chosen on the evaluation images themselves)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    priors = frozen_priors()
+    tasks = {name: TASKS[name] for name in (args.tasks or TASKS)}
+    priors = frozen_priors(tasks.values())
+    for override in args.prior:
+        name, _, path = override.partition("=")
+        if name not in priors or not path:
+            raise SystemExit(f"--prior must be NAME=PRIOR with NAME one of {sorted(priors)}, got {override!r}")
+        priors[name] = frozen_prior(path)
     images = {"mri-brain": real_mri_images(args.size), "ct-ellipses": real_ct_images(args.size)}
-    for task in args.tasks or TASKS:
-        spec = TASKS[task]
+    if args.list_images:
+        print({kind: list(found) for kind, found in images.items()})
+        return
+    if args.images:
+        images = {kind: {k: v for k, v in found.items() if k in args.images} for kind, found in images.items()}
+    for task, spec in tasks.items():
+        if not images[spec.prior]:
+            continue
         x_real = torch.cat(list(images[spec.prior].values()))
         problem = spec.problem(len(x_real), args.size, args.seed, x=x_real)
         x, y, physics = problem.x, problem.y, problem.physics
@@ -85,9 +121,12 @@ def main() -> None:
         # TV: the baseline, or (MRI) a reference outside "best"
         x_tv = spec.tv(y, physics)
         results["TV"] = per_image_scores(x, x_tv)
+        if args.tv_grid:
+            results.update(tv_grid_rows(spec, args.tv_grid, args.size, x, y, physics))
         x_init = x_tv if spec.init == "tv" else adjoint
-        samplers = [LABEL.get(method, method) for method in spec.settings]
-        for method, name in zip(spec.settings, samplers):
+        methods = [m for m in spec.settings if args.samplers is None or m in args.samplers]
+        samplers = [LABEL.get(method, method) for method in methods]
+        for method, name in zip(methods, samplers):
             out, _ = spec.run(method, priors[spec.prior], y, physics, x_init, seed=SAMPLER_SEED)
             results[name] = per_image_scores(x, out)
         best = np.maximum.reduce([results["A_dagger"], *([results["TV"]] if spec.baseline == "tv" else [])])
