@@ -67,8 +67,8 @@ from diffinverse.samplers.adaptation import Adaptation
 from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["KspaceReconstruction", "SamplerDefaults", "SAMPLER_DEFAULTS", "BASELINES", "METHODS", "MASK_TYPES",
-           "WARM_STARTS", "SECOND_MAP_SETS", "resolve_second_map_set", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB", "reconstruct_kspace",
-           "build_sampler", "resolve_start", "retrospective_mask", "max_acceleration", "acceleration_of",
+           "WARM_STARTS", "SECOND_MAP_SETS", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB",
+           "reconstruct_kspace", "resolve_second_map_set", "build_sampler", "resolve_start", "retrospective_mask", "max_acceleration", "acceleration_of",
            "crop_readout", "calibration_width"]
 
 
@@ -486,12 +486,13 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
                 prior = load(prior, device=device).eval()
         second_map_set = resolve_second_map_set(prior, second_map_set)
         if not isinstance(prior, LatentPrior) and k.shape[1] > 1:
-            prior = ImageStackPrior(prior)   # one image per map set when the second set is modelled
+            prior = ImageStackPrior(prior)   # multi-coil: one image per map set (one set unless modelled)
         sampler = build_sampler(method, prior, num_steps=num_steps, sampler_options=sampler_options,
                                 autocast=autocast, progress=progress, adapt=adapt)
         warm_start, sigma_start = resolve_start(sampler, method=method, warm_start=warm_start,
                                                 sigma_start=sigma_start, cold_start=cold_start)
     else:
+        second_map_set = resolve_second_map_set(None, second_map_set)
         given = {"num_steps": num_steps, "warm_start": warm_start, "sigma_start": sigma_start,
                  "sampler_options": sampler_options, "cold_start": cold_start or None, "autocast": autocast or None,
                  "adapt": adapt}
@@ -512,7 +513,7 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
     mask = _as_mask(mask, (h, W)).to(device)
     k = crop_readout(k, h)
     out = _reconstruct(k, mask, calibration_width(mask), method, sampler, warm_start, sigma_start, num_samples,
-                       generator, model_second=resolve_second_map_set(None, second_map_set) == "model")
+                       generator, model_second=second_map_set == "model")
     crop = {name: None if v is None else center_crop(v, (h, w)) for name, v in out.items()}
     return KspaceReconstruction(
         image=crop["image"], std=crop["std"], complex_image=crop["complex"],
