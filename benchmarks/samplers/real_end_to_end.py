@@ -25,6 +25,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -91,6 +93,10 @@ def main() -> None:
                     help="only these real images (names as printed by --list-images), e.g. the head CT")
     ap.add_argument("--list-images", action="store_true")
     ap.add_argument("--samplers", nargs="*", default=None, help="only these of each task's samplers (none: baselines)")
+    ap.add_argument("--tv-lam", type=float, default=None,
+                    help="TV weight of the TV baseline and warm start (default: each task's, chosen at 64 x 64)")
+    ap.add_argument("--settings", type=json.loads, default={},
+                    help='JSON {sampler: {option: value}} replacing some of the tasks\' frozen settings')
     ap.add_argument("--tv-grid", nargs="+", type=float, default=None, metavar="LAM",
                     help="also run TV at each weight: the weight best on 4 synthetic tuning images "
                          "(tasks.TUNING_SEED, at --size) as 'TV tuned', and every weight on the real images "
@@ -110,6 +116,8 @@ def main() -> None:
         return
     if args.images:
         images = {kind: {k: v for k, v in found.items() if k in args.images} for kind, found in images.items()}
+    if args.tv_lam is not None:
+        tasks = {name: dataclasses.replace(spec, tv_lam=args.tv_lam) for name, spec in tasks.items()}
     for task, spec in tasks.items():
         if not images[spec.prior]:
             continue
@@ -127,7 +135,8 @@ def main() -> None:
         methods = [m for m in spec.settings if args.samplers is None or m in args.samplers]
         samplers = [LABEL.get(method, method) for method in methods]
         for method, name in zip(methods, samplers):
-            out, _ = spec.run(method, priors[spec.prior], y, physics, x_init, seed=SAMPLER_SEED)
+            out, _ = spec.run(method, priors[spec.prior], y, physics, x_init, seed=SAMPLER_SEED,
+                              **args.settings.get(method, {}))
             results[name] = per_image_scores(x, out)
         best = np.maximum.reduce([results["A_dagger"], *([results["TV"]] if spec.baseline == "tv" else [])])
         cells = [f"{k} {v[:, 0].mean():.2f} / {v[:, 1].mean():.3f}" for k, v in results.items()]

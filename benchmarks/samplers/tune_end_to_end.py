@@ -1,6 +1,6 @@
 """Grid search of a sampler's hyper-parameters for one end-to-end task, on the tuning images.
 
-Uses the tasks of :mod:`diffinverse.tasks` on the tuning seed 1000 (4 images, 64x64; the test
+Uses the tasks of :mod:`diffinverse.tasks` on the tuning seed 1000 (4 images, 64x64 or ``--size``; the test
 uses seed 0, the benchmark seed 2000), warm-started as the task's ``init`` says (TV or zero-filled
 / SENSE-CG; a grid may set ``"init"`` too), and prints mean PSNR / SSIM per grid point next to
 that start's. The grid is a JSON object of lists; each point overrides the task's frozen settings.
@@ -33,12 +33,17 @@ def main() -> None:
     ap.add_argument("grid", help="JSON object: parameter -> list of values")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", type=int, default=SIZE, help="image side of the tuning images")
+    ap.add_argument("--tv-lam", type=float, default=None, help="TV weight of the TV warm start (default: the task's)")
+    ap.add_argument("--prior", default=None, help="prior (shipped name or .safetensors; default: the task's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     task = TASKS[args.task]
-    problem = task.problem(args.images, SIZE, TUNING_SEED)
+    if args.tv_lam is not None:
+        task = dataclasses.replace(task, tv_lam=args.tv_lam)
+    problem = task.problem(args.images, args.size, TUNING_SEED)
     x, y, physics = problem.x, problem.y, problem.physics
-    prior = frozen_prior(task.prior)
+    prior = frozen_prior(args.prior or task.prior)
     grid = json.loads(args.grid)
     starts = {}
     for values in itertools.product(*grid.values()):
