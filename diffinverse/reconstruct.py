@@ -683,7 +683,7 @@ class _Method:
         self.warm_start = args.warm_start
         self.steps = args.steps
         self.bf16 = args.bf16
-        self.second_map_set = args.second_map_set or "model"   # resolved against the prior below
+        self.second_map_set = resolve_second_map_set(None, args.second_map_set)   # TV; samplers: below
         self.adapt = None
         if args.adapt:
             try:

@@ -68,8 +68,8 @@ from diffinverse.samplers.table import SAMPLERS
 
 __all__ = ["KspaceReconstruction", "SamplerDefaults", "SAMPLER_DEFAULTS", "BASELINES", "METHODS", "MASK_TYPES",
            "WARM_STARTS", "SECOND_MAP_SETS", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB",
-           "reconstruct_kspace", "resolve_second_map_set", "build_sampler", "resolve_start", "retrospective_mask", "max_acceleration", "acceleration_of",
-           "crop_readout", "calibration_width"]
+           "reconstruct_kspace", "resolve_second_map_set", "build_sampler", "resolve_start", "retrospective_mask",
+           "max_acceleration", "acceleration_of", "crop_readout", "calibration_width"]
 
 
 @dataclass(frozen=True)
@@ -381,7 +381,8 @@ def resolve_second_map_set(prior, requested: str | None) -> str:
         raise ValueError(f"second_map_set must be one of {', '.join(SECOND_MAP_SETS)}, got {requested!r}")
     if isinstance(prior, LatentPrior):
         if requested == "model":
-            raise ValueError("second_map_set='model' needs a pixel prior; a latent prior models one image (use 'sense')")
+            raise ValueError("second_map_set='model' needs a pixel prior; a latent prior models one image "
+                             "(use 'sense')")
         return "sense"
     return requested or "model"
 
@@ -589,7 +590,9 @@ def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, s
         # slice by slice: in a batch every slice would iterate until the slowest converged, so a
         # slice's result would depend on the batch
         def slice_physics(i: int):
-            return physics if isinstance(physics, SingleCoilMRI) else MultiCoilMRI(mask, physics.coil_maps[i:i + 1], **cg)
+            if isinstance(physics, SingleCoilMRI):
+                return physics
+            return MultiCoilMRI(mask, physics.coil_maps[i:i + 1], **cg)
 
         # TV of each map set's image (the two spatial dims; a stack's sets are not neighbours)
         x_init = torch.cat([tv_reconstruction(y_s[i:i + 1], slice_physics(i), lam=TV_LAMBDA, x_init=x_init[i:i + 1],
