@@ -694,7 +694,7 @@ class _Method:
         if self.name == ACTIVE:
             # ADS's settings: ACTIVE_DEFAULTS with --ads-particles; the particles start from SENSE of the centre
             self.active = {"num_particles": args.ads_particles or ACTIVE_DEFAULTS["num_particles"],
-                           **{k: ACTIVE_DEFAULTS[k] for k in ("kernel", "s", "window")}}
+                           **{k: ACTIVE_DEFAULTS[k] for k in ("kernel", "s", "window", "predict")}}
             self.acceleration, self.center_fraction = args.acceleration, args.center_fraction
             self.warm_start = None if self.cold_start else "sense"
         if self.sampler_name in SAMPLER_DEFAULTS:

@@ -109,10 +109,15 @@ CELLS = [
              "    a.axis('off')\n"
              "plt.tight_layout()"),
     ("md", "On slices this small ADS tends to take the lines next to the centre, where the energy is; whether "
-           "it does better than simply measuring the centre is a question for more slices than one. The "
+           "it does better than simply measuring the centre is a question for more slices than one. With one "
+           "coil the operator ties no two lines together, so the particles' predictions made consistent with "
+           "the measured lines (`predict='consistent'`, the default) and their raw Tweedie estimates "
+           "(`predict='tweedie'`, the paper's) choose alike; with several coils, or CT views, a line or view "
+           "that the measured ones already determine is no longer taken, and the chosen lines spread. The "
            "benchmark over held-out slices (single- and multi-coil, 4x and 8x, a `central` mask among the "
-           "fixed ones, and CT views), with per-slice wins, wall time and network passes, is "
-           "`benchmarks/samplers/ads_results.md` (`benchmarks/samplers/bench_ads.py`)."),
+           "fixed ones, and CT views), with per-slice wins, wall time and network passes, is in "
+           "`benchmarks/README.md`, \"Active Diffusion Subsampling against fixed masks\" "
+           "(`benchmarks/samplers/bench_ads.py`)."),
 ]
 
 if __name__ == "__main__":

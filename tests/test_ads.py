@@ -227,3 +227,53 @@ def test_the_kernels_differ_where_one_particle_is_far():
     assert int(exact.argmax()) == 1
     assert int(candidate_entropies(predicted, groups, 2, s=s, kernel="gmm").argmax()) == 1
     assert int(candidate_entropies(predicted, groups, 2, s=s, kernel="ads").argmax()) == 0
+
+
+class _RowPhysics(dinv.physics.LinearPhysics):
+    """Rows of a matrix ``M`` (one measurement each) on 4 x 4 images, kept where ``mask`` is set."""
+
+    def __init__(self, rows: torch.Tensor, mask: torch.Tensor):
+        super().__init__()
+        self.rows, self.mask = rows, mask.float()
+
+    def A(self, x, **kwargs):
+        return (x.flatten(1) @ self.rows.to(x).T) * self.mask.to(x)
+
+    def A_adjoint(self, y, **kwargs):
+        return ((y * self.mask.to(y)) @ self.rows.to(y)).reshape(-1, *SHAPE)
+
+
+def test_consistent_predictions_know_what_the_measurements_already_determine():
+    """Independent pixels with variances 1 (pixel 0), 0.8 (2), 0.5 (4) and 0.01 (the rest); candidate
+    rows e0 (measured first), e0 + 0.1 e1 (almost determined by it), e2, 0.9 e2 + 0.1 e3 (almost
+    determined by e2) and e4. Exact greedy conditioning takes e2 (variance 0.8), then e4 (0.5).
+    Two acquisitions at one step: with the Tweedie predictions ADS takes two of the rows its
+    particles disagree on most, e0 + 0.1 e1, e2 and 0.9 e2 + 0.1 e3 (which two depends on the
+    particles), one of them almost fixed by e0 or by the other, and never e4; with predictions
+    made consistent with the measurements (again after the first acquisition) it takes the exact
+    choices."""
+    var = torch.full((16,), 0.01, dtype=torch.float64)
+    var[0], var[2], var[4] = 1.0, 0.8, 0.5
+    prior = GaussianMixturePrior(torch.ones(1), torch.zeros(1, 16, dtype=torch.float64), torch.diag(var)[None],
+                                 shape=SHAPE, sigma_max=20.0)
+    e = torch.eye(16, dtype=torch.float64)
+    rows = torch.stack([e[0], e[0] + 0.1 * e[1], e[2], 0.9 * e[2] + 0.1 * e[3], e[4]])
+    x = prior.sample(1, generator=torch.Generator().manual_seed(4))
+    candidates = torch.eye(5, dtype=torch.bool)
+
+    def measure(mask):
+        return _RowPhysics(rows, mask).A(x)
+
+    orders = {}
+    for predict in ("tweedie", "consistent"):
+        sampler = DDS(prior, num_steps=20, sigma_start=None, progress=False)
+        ads = ActiveSubsampling(sampler, budget=2, num_particles=64, window=(0.5, 0.55), predict=predict)
+        assert ads.acquisition_steps(20) == [10, 10]
+        out = ads(measure, lambda m: _RowPhysics(rows, m), candidates, initial_mask=candidates[0],
+                  groups=torch.arange(5), x_shape=(1, *SHAPE), generator=torch.Generator().manual_seed(0))
+        orders[predict] = out.order
+        assert ads.last_nfe == 20              # the consistent predictions cost no network pass
+    assert orders["consistent"] == (2, 4)
+    assert 4 not in orders["tweedie"]
+    with pytest.raises(ValueError, match="predict"):
+        ActiveSubsampling(sampler, budget=2, predict="posterior")

@@ -66,9 +66,10 @@ __all__ = [
 ]
 
 ACTIVE_DEFAULTS: Mapping[str, object] = MappingProxyType({
-    "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": (0.0, 0.8)})
+    "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": (0.0, 0.8), "predict": "consistent"})
 """The function's defaults: particle sampler (one of :data:`PARTICLE_SAMPLERS`), particles, entropy
-kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window."""
+kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window, and
+what predicts the lines (:class:`~diffinverse.samplers.ads.ActiveSubsampling`'s ``predict``)."""
 PARTICLE_SAMPLERS = ("dps", "reddiff", "dds")
 """The pipeline's samplers that can move ADS's particles: those on the pixel prior (not STSL)."""
 
@@ -146,7 +147,9 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
                               sampler: str = "dds", num_steps: int | None = None, sigma_start: float | None = None,
                               cold_start: bool = False, sampler_options: Mapping | None = None,
                               num_particles: int = 8, kernel: Literal["ads", "gmm"] = "ads", s: float = 0.1,
-                              window: tuple[float, float] = (0.0, 0.8), generator: torch.Generator | None = None,
+                              window: tuple[float, float] = (0.0, 0.8),
+                              predict: Literal["tweedie", "consistent"] = "consistent",
+                              generator: torch.Generator | None = None,
                               device: str | torch.device | None = None, autocast: bool = False,
                               progress: bool = False) -> ActiveKspaceReconstruction:
     """Choose and reconstruct the lines of one fully sampled slice by ADS; see the module docstring.
@@ -173,8 +176,10 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
             :func:`~diffinverse.pipelines.fastmri.reconstruct_kspace` (the warm start is SENSE of
             the centre lines).
         num_particles: particles (their disagreement is the entropy), at least 2.
-        kernel, s, window: :class:`~diffinverse.samplers.ads.ActiveSubsampling`'s entropy kernel,
-            its width in the scaled units, and the acquisition window.
+        kernel, s, window, predict: :class:`~diffinverse.samplers.ads.ActiveSubsampling`'s entropy
+            kernel, its width in the scaled units, the acquisition window, and what predicts the
+            lines (the particles' Tweedie estimates, or those made consistent with the lines
+            measured so far).
         generator: source of all randomness (on ``device``); the same seed gives the same lines.
         device: where to compute (default: ``kspace``'s device).
         autocast: run the network in bfloat16 (the particle sampler's ``autocast``).
@@ -249,7 +254,7 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
 
     candidates, groups = kspace_line_candidates(tuple(data.shape[1:]))
     ads = ActiveSubsampling(particle_sampler, budget=total - n_low, num_particles=num_particles, window=window,
-                            kernel=kernel, s=s, progress=progress)
+                            kernel=kernel, s=s, predict=predict, progress=progress)
     out = ads(measure, physics_for_mask, candidates.to(device), initial_mask=initial, groups=groups.to(device),
               x_shape=(1, 2, h, W), generator=generator)
 

@@ -16,7 +16,20 @@ have equally many entries)
 
     H_l = -(1/N) sum_i logsumexp_j ( -||P_l (y_i - y_j)||^2 / (2 s^2) )     (kernel="gmm").
 
-For large ``s`` both rank candidates by the particles' variance of ``P_l y``. ``measure(mask)`` is
+For large ``s`` both rank candidates by the particles' variance of ``P_l y``.
+
+The particles' predictions come from their Tweedie estimates ``x0_hat_i = D(x_i, sigma)`` made
+consistent with what is measured so far (``predict="consistent"``, the default): DDS's
+data-consistency step (:func:`cg_data_consistency` from ``x0_hat_i``), again after every
+measurement when several candidates are acquired at one step; or from the Tweedie estimates
+themselves (``predict="tweedie"``, the paper's). The entropy should estimate a candidate's
+uncertainty *given the measurements*; the network alone does not know them, so with the paper's
+form a candidate that the operator ties to measured ones (a neighbouring line of a multi-coil scan
+through the coil maps, a neighbouring CT view through the image) looks as uncertain as any other.
+Where the operator ties no candidates together (single-coil lines, pixels) the two forms choose
+alike.
+
+``measure(mask)`` is
 called once per acquisition with the new candidate's mask only, so that a retrospective run
 (from fully sampled data) and a prospective one (a callback to a scanner) are the same call; its
 results are added up, so the measurements of a mask must be zero where the mask is (fastMRI-style
@@ -39,8 +52,10 @@ import torch
 from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
-from diffinverse.samplers.base import DiffusionSampler
+from diffinverse.samplers.base import DiffusionSampler, operator_scale
 from diffinverse.samplers.checks import check_finite, checked_generator
+from diffinverse.samplers.data_consistency import cg_data_consistency
+from diffinverse.samplers.dds import GAMMA
 
 __all__ = ["ActiveResult", "ActiveSubsampling", "ViewMaskedCT", "candidate_entropies", "ct_view_candidates",
            "kspace_line_candidates"]
@@ -212,6 +227,9 @@ class ActiveSubsampling:
             acquires several candidates at a step, those of highest entropy).
         kernel: the entropy estimate, ``"ads"`` (the paper's) or ``"gmm"``.
         s: the entropy kernel's width, in measurement units.
+        predict: ``"consistent"`` or ``"tweedie"`` (the paper's; see the module notes).
+        gamma, cg_iters: ``predict="consistent"``'s CG: data weight relative to ``||A||^2`` and
+            iterations (DDS's defaults).
         progress: show a progress bar.
 
     An acquisition evaluates the network on the particles (their Tweedie estimates predict the
@@ -226,7 +244,8 @@ class ActiveSubsampling:
 
     def __init__(self, sampler: DiffusionSampler, *, budget: int, num_particles: int = 16,
                  window: tuple[float, float] = (0.0, 0.8), kernel: Literal["ads", "gmm"] = "ads",
-                 s: float = 1.0, progress: bool = False):
+                 s: float = 1.0, predict: Literal["tweedie", "consistent"] = "consistent", gamma: float = GAMMA,
+                 cg_iters: int = 5, progress: bool = False):
         if not isinstance(sampler, DiffusionSampler):
             raise TypeError(f"sampler must be a DiffusionSampler (e.g. DDS), got {type(sampler).__name__}")
         if int(budget) != budget or budget < 1:
@@ -240,8 +259,15 @@ class ActiveSubsampling:
             raise ValueError(f"kernel must be 'ads' or 'gmm', got {kernel!r}")
         if not (math.isfinite(s) and s > 0):
             raise ValueError(f"s must be finite and > 0, got {s}")
+        if predict not in ("tweedie", "consistent"):
+            raise ValueError(f"predict must be 'tweedie' or 'consistent', got {predict!r}")
+        if not (math.isfinite(gamma) and gamma > 0):
+            raise ValueError(f"gamma must be finite and > 0, got {gamma}")
+        if int(cg_iters) != cg_iters or cg_iters < 1:
+            raise ValueError(f"cg_iters must be an integer >= 1, got {cg_iters}")
         self.sampler, self.budget, self.num_particles = sampler, int(budget), int(num_particles)
         self.window, self.kernel, self.s, self.progress = tuple(window), kernel, float(s), progress
+        self.predict, self.gamma, self.cg_iters = predict, float(gamma), int(cg_iters)
         self.last_nfe = 0
 
     def acquisition_steps(self, num_steps: int) -> list[int]:
@@ -319,11 +345,9 @@ class ActiveSubsampling:
             if i in at:
                 with torch.no_grad():
                     x0_hat = sampler.denoise(x, sigma)
-                    h = candidate_entropies(full.A(x0_hat), groups, len(candidates), s=self.s, kernel=self.kernel)
-                h = torch.where(open_.to(h.device), h, torch.full_like(h, -math.inf))
-                if self.kernel == "gmm":
-                    _warn_if_saturated(h, self.s)
-                for _ in range(at[i]):          # the at[i] highest entropies, one measurement each
+                for k in range(at[i]):          # the at[i] highest entropies, one measurement each
+                    if k == 0 or self.predict == "consistent":
+                        h = self._entropies(x0_hat, y, physics, full, groups, len(candidates), open_)
                     best = int(h.argmax())
                     entropies.append(h.clone())
                     order.append(best)
@@ -331,7 +355,7 @@ class ActiveSubsampling:
                     h[best] = -math.inf
                     y = self._measure(measure, candidates[best], y)
                     mask |= candidates[best]
-                physics = physics_for_mask(mask)
+                    physics = physics_for_mask(mask)
                 y_n = y.expand(n, *y.shape[1:])
                 state = sampler.init_state(x, y_n, physics)
             noise = sampler.step_noise(x, generator, sampler.draws_noise(levels[i], levels[i + 1]))
@@ -341,6 +365,20 @@ class ActiveSubsampling:
         x = x.detach()
         return ActiveResult(mean=x.mean(0, keepdim=True), std=x.std(0, keepdim=True), particles=x, mask=mask,
                             order=tuple(order), entropies=torch.stack(entropies), measurements=y)
+
+    def _entropies(self, x0_hat: torch.Tensor, y: torch.Tensor, physics, full, groups: torch.Tensor,
+                   num_candidates: int, open_: torch.Tensor) -> torch.Tensor:
+        """``(L,)`` every candidate's entropy from the particles' estimates (``-inf`` where measured)."""
+        with torch.no_grad():
+            if self.predict == "consistent":
+                aty = physics.A_adjoint(y.expand(x0_hat.shape[0], *y.shape[1:]))
+                x0_hat = cg_data_consistency(x0_hat, aty, physics, num_iters=self.cg_iters,
+                                             gamma=self.gamma / operator_scale(physics, x0_hat))
+            h = candidate_entropies(full.A(x0_hat), groups, num_candidates, s=self.s, kernel=self.kernel)
+        h = torch.where(open_.to(h.device), h, torch.full_like(h, -math.inf))
+        if self.kernel == "gmm":
+            _warn_if_saturated(h, self.s)
+        return h
 
     @staticmethod
     def _measure(measure, mask: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
