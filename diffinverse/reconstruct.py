@@ -3,7 +3,7 @@
 Usage::
 
     diffinverse-reconstruct --demo                               # bundled 8-coil brain file
-    diffinverse-reconstruct FILE_OR_DIR --output out/            # defaults: DPS, mri-brain-v2 prior, 4x
+    diffinverse-reconstruct FILE_OR_DIR --output out/            # defaults: DDS, mri-brain-v2 prior, 4x
     diffinverse-reconstruct data/ --sampler sense --mask equispaced --acceleration 8 --output out/
     diffinverse-reconstruct data/ --sampler reddiff --reddiff-lr 0.02 --output out/
     diffinverse-reconstruct data/ --sampler ads --acceleration 8 --output out/  # ADS chooses the lines
@@ -198,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reconstruct fastMRI HDF5 files (single- or multi-coil) with a diffusion prior or a baseline.")
     p.add_argument("inputs", nargs="*", type=Path, help="fastMRI .h5 files or directories of them")
     p.add_argument("--demo", action="store_true", help="reconstruct the bundled 8-coil brain demo file")
-    p.add_argument("--sampler", choices=CHOICES, default="dps",
-                   help="reconstruction method (default: dps); 'ads' (Active Diffusion Subsampling) chooses each "
+    p.add_argument("--sampler", choices=CHOICES, default="dds",
+                   help="reconstruction method (default: dds); 'ads' (Active Diffusion Subsampling) chooses each "
                         "slice's lines of a fully sampled file while sampling and saves them")
     p.add_argument("--prior", default=None,
                    help="shipped prior name or .safetensors path, diffusion samplers only (default: mri-brain-v2; "
