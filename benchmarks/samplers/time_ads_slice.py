@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--coils", type=int, default=8)
     ap.add_argument("--acceleration", type=float, default=4.0)
     ap.add_argument("--particles", type=int, default=ACTIVE_DEFAULTS["num_particles"])
+    ap.add_argument("--predict", choices=["tweedie", "consistent"], default=ACTIVE_DEFAULTS["predict"],
+                    help="ADS's predictions (default: the pipeline's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON file for the result")
     args = ap.parse_args()
@@ -48,7 +50,7 @@ def main() -> None:
     kspace = fft2c(maps * truth)                                           # (C, H, W), fully sampled
     t0 = time.perf_counter()
     rec = active_reconstruct_kspace(kspace, acceleration=args.acceleration, num_particles=args.particles,
-                                    generator=torch.Generator().manual_seed(args.seed + 1))
+                                    predict=args.predict, generator=torch.Generator().manual_seed(args.seed + 1))
     seconds = time.perf_counter() - t0
     ref = magnitude(x)[0]
     result = {

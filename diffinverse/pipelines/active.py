@@ -54,6 +54,7 @@ from diffinverse.pipelines.fastmri import (
     crop_readout,
     resolve_start,
 )
+from diffinverse.samplers import DDS
 from diffinverse.samplers.ads import ActiveSubsampling, kspace_line_candidates
 
 __all__ = [
@@ -253,8 +254,10 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
         return data * mask
 
     candidates, groups = kspace_line_candidates(tuple(data.shape[1:]))
+    # consistent predictions weigh the data as the DDS particles do (--dds-gamma), else as DDS's default
+    consistency = {"gamma": particle_sampler.gamma} if isinstance(particle_sampler, DDS) else {}
     ads = ActiveSubsampling(particle_sampler, budget=total - n_low, num_particles=num_particles, window=window,
-                            kernel=kernel, s=s, predict=predict, progress=progress)
+                            kernel=kernel, s=s, predict=predict, progress=progress, **consistency)
     out = ads(measure, physics_for_mask, candidates.to(device), initial_mask=initial, groups=groups.to(device),
               x_shape=(1, 2, h, W), generator=generator)
 

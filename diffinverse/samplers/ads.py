@@ -228,8 +228,8 @@ class ActiveSubsampling:
         kernel: the entropy estimate, ``"ads"`` (the paper's) or ``"gmm"``.
         s: the entropy kernel's width, in measurement units.
         predict: ``"consistent"`` or ``"tweedie"`` (the paper's; see the module notes).
-        gamma, cg_iters: ``predict="consistent"``'s CG: data weight relative to ``||A||^2`` and
-            iterations (DDS's defaults).
+        gamma, cg_iters: ``predict="consistent"``'s CG: data weight relative to ``||A||^2`` (of
+            the measurements an acquisition step starts from) and iterations (DDS's defaults).
         progress: show a progress bar.
 
     An acquisition evaluates the network on the particles (their Tweedie estimates predict the
@@ -345,9 +345,11 @@ class ActiveSubsampling:
             if i in at:
                 with torch.no_grad():
                     x0_hat = sampler.denoise(x, sigma)
+                # the CG weight's unit, ||A||^2 of what the step starts from, kept for its later picks
+                scale = operator_scale(physics, x0_hat) if self.predict == "consistent" else 1.0
                 for k in range(at[i]):          # the at[i] highest entropies, one measurement each
                     if k == 0 or self.predict == "consistent":
-                        h = self._entropies(x0_hat, y, physics, full, groups, len(candidates), open_)
+                        h = self._entropies(x0_hat, y, physics, scale, full, groups, len(candidates), open_)
                     best = int(h.argmax())
                     entropies.append(h.clone())
                     order.append(best)
@@ -366,14 +368,14 @@ class ActiveSubsampling:
         return ActiveResult(mean=x.mean(0, keepdim=True), std=x.std(0, keepdim=True), particles=x, mask=mask,
                             order=tuple(order), entropies=torch.stack(entropies), measurements=y)
 
-    def _entropies(self, x0_hat: torch.Tensor, y: torch.Tensor, physics, full, groups: torch.Tensor,
+    def _entropies(self, x0_hat: torch.Tensor, y: torch.Tensor, physics, scale: float, full, groups: torch.Tensor,
                    num_candidates: int, open_: torch.Tensor) -> torch.Tensor:
-        """``(L,)`` every candidate's entropy from the particles' estimates (``-inf`` where measured)."""
+        """``(L,)`` every candidate's entropy from the particles' estimates (``-inf`` where measured);
+        ``scale``: the unit of the CG weight ``gamma`` (``||A||^2``)."""
         with torch.no_grad():
             if self.predict == "consistent":
                 aty = physics.A_adjoint(y.expand(x0_hat.shape[0], *y.shape[1:]))
-                x0_hat = cg_data_consistency(x0_hat, aty, physics, num_iters=self.cg_iters,
-                                             gamma=self.gamma / operator_scale(physics, x0_hat))
+                x0_hat = cg_data_consistency(x0_hat, aty, physics, num_iters=self.cg_iters, gamma=self.gamma / scale)
             h = candidate_entropies(full.A(x0_hat), groups, num_candidates, s=self.s, kernel=self.kernel)
         h = torch.where(open_.to(h.device), h, torch.full_like(h, -math.inf))
         if self.kernel == "gmm":
