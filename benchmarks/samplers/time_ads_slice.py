@@ -9,7 +9,7 @@ same lines).
 
 Usage (from the repository root):
     OMP_NUM_THREADS=2 python benchmarks/samplers/time_ads_slice.py --size 256 --coils 8 --acceleration 4 \
-        --out benchmarks/results/ads_time_256_8coil.json
+        --out benchmarks/results/ads_time_256_8coil_consistent.json
 """
 from __future__ import annotations
 
