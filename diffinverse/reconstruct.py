@@ -40,7 +40,7 @@ a time):
    :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`. The former ``--zeta``, ``--lam`` and
    ``--lr`` are still accepted, with a ``FutureWarning`` naming the new option. ``--sampler ads``
    (not one of the pipeline's methods: the command's :data:`CHOICES` add it) takes
-   ``--ads-particles`` and ``--ads-sampler`` (defaults
+   ``--ads-particles``, ``--ads-sampler`` and ``--ads-predict`` (defaults
    :data:`~diffinverse.pipelines.active.ACTIVE_DEFAULTS`), the particle sampler's own options,
    ``--steps``, ``--sigma-start``, ``--prior`` and ``--bf16``; it refuses ``--num-samples > 1``
    (the particles are the samples), ``--warm-start tv`` (the particles start from SENSE of the
@@ -166,7 +166,7 @@ ACTIVE = "ads"
 Active Diffusion Subsampling, which chooses each slice's lines (:mod:`diffinverse.pipelines.active`)."""
 CHOICES = (*METHODS, ACTIVE)
 """``--sampler``'s choices."""
-_ACTIVE_OPTIONS = ("particles", "sampler")
+_ACTIVE_OPTIONS = ("particles", "sampler", "predict")
 """``--ads-*`` options (their defaults: :data:`~diffinverse.pipelines.active.ACTIVE_DEFAULTS`)."""
 _ADAPT_OPTIONS = {"lr": (float, 3e-4), "every": (int, 3), "steps": (int, 1), "rank": (int, 4)}
 """``--adapt-*`` options: type and default (chosen on real training-set head slices,
@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ads-sampler", dest="ads_sampler", choices=PARTICLE_SAMPLERS, default=None,
                    help=f"with --sampler ads: the sampler that moves the particles; its own options "
                         f"(--dds-gamma, ...) apply (default: {ACTIVE_DEFAULTS['sampler']})")
+    p.add_argument("--ads-predict", dest="ads_predict", choices=("consistent", "tweedie"), default=None,
+                   help=f"with --sampler ads: what predicts each line's k-space, the particles' estimates made "
+                        f"consistent with the lines measured so far or their raw Tweedie estimates (the paper's) "
+                        f"(default: {ACTIVE_DEFAULTS['predict']})")
     p.add_argument("--adapt", action="store_true",
                    help="test-time adaptation of the prior: LoRA adapters trained on this file's measurements "
                         "during sampling (diffusion samplers only; the prior's weights are never changed); "
@@ -694,7 +698,8 @@ class _Method:
         if self.name == ACTIVE:
             # ADS's settings: ACTIVE_DEFAULTS with --ads-particles; the particles start from SENSE of the centre
             self.active = {"num_particles": args.ads_particles or ACTIVE_DEFAULTS["num_particles"],
-                           **{k: ACTIVE_DEFAULTS[k] for k in ("kernel", "s", "window", "predict")}}
+                           "predict": args.ads_predict or ACTIVE_DEFAULTS["predict"],
+                           **{k: ACTIVE_DEFAULTS[k] for k in ("kernel", "s", "window")}}
             self.acceleration, self.center_fraction = args.acceleration, args.center_fraction
             self.warm_start = None if self.cold_start else "sense"
         if self.sampler_name in SAMPLER_DEFAULTS:

@@ -60,6 +60,7 @@ def test_ads_writes_each_slices_mask_order_and_png(tmp_path, prior, coils, accel
     assert record["acceleration"] == {"requested": acceleration, "achieved": W / lines, "per_slice": [W / lines] * 2}
     assert set(record["metrics"]["reconstruction_rss"]) == {"ads", "zero-filled", *(("sense",) if coils else ())}
     assert record["options"]["ads"]["num_particles"] == 2 and record["options"]["mask"]["type"] == "ads"
+    assert record["options"]["ads"]["predict"] == "consistent"
     assert record["method"].startswith("ads (2 dds particles, 8 steps") and record["nfe"] > 0
     # the per-slice mask is not one mask for all slices: --mask-file refuses it
     assert main([str(tmp_path / "f.h5"), "--sampler", "zero-filled", "--mask-file", str(out / "f.h5"),
@@ -74,12 +75,14 @@ def test_ads_is_deterministic_and_the_particle_sampler_is_chosen(tmp_path, prior
         runs.append(read_h5(tmp_path / name / "d.h5"))
     for key in ("mask", "order", "reconstruction", "std"):
         np.testing.assert_array_equal(runs[0][key], runs[1][key])
-    # another particle sampler, its own option, a cold start, bf16: all reach the run and its record
+    # another particle sampler, its own option, a cold start, bf16, the paper's predictions: all reach
+    # the run and its record
     out = tmp_path / "reddiff"
     assert main(_ads([tmp_path / "d.h5"], out, prior, "--ads-sampler", "reddiff", "--reddiff-lr", "0.01",
-                     "--sigma-start", "none", "--bf16", "--format", "png")) == 0
+                     "--sigma-start", "none", "--bf16", "--ads-predict", "tweedie", "--format", "png")) == 0
     options = json.loads((out / "d.metrics.json").read_text())["options"]
     assert options["ads"]["sampler"] == "reddiff" and options["sampler_options"]["lr"] == 0.01
+    assert options["ads"]["predict"] == "tweedie"
     assert options["bf16"] is True and options["warm_start"] is None and options["sigma_start"] is None
     assert sorted(p.name for p in out.iterdir()) == ["d.metrics.json", "d.order.png", "d.png", "metrics.json"]
 
@@ -98,6 +101,7 @@ def test_ads_is_deterministic_and_the_particle_sampler_is_chosen(tmp_path, prior
      "--dds-gamma applies to --sampler dds (or --sampler ads --ads-sampler dds), not --sampler ads --ads-sampler dps"),
     (["--sampler", "dps", "--ads-particles", "4"], "--ads-particles appl(ies) to --sampler ads, not dps"),
     (["--sampler", "sense", "--ads-sampler", "dps"], "--ads-sampler appl(ies) to --sampler ads, not sense"),
+    (["--sampler", "dps", "--ads-predict", "tweedie"], "--ads-predict appl(ies) to --sampler ads, not dps"),
 ])
 def test_ads_configuration_errors_exit_2_before_writing(tmp_path, capsys, prior, extra, message):
     make_file(tmp_path / "x.h5", slices=1, shape=(16, W), recon=(16, 16))
