@@ -155,7 +155,7 @@ def test_save_acquisition_order_draws_one_row_per_result(tmp_path):
         empty = torch.empty(0)
         return ActiveKspaceReconstruction(image=empty, std=empty, complex_image=empty, baselines={}, mask=mask,
                                           order=tuple(order), initial_lines=(7, 8), entropies=empty, sampler="dds",
-                                          nfe=0)
+                                          nfe=0, window=(0.0, 0.8))
 
     rows = [result([1, 12, 4]), result([15, 0, 3]), result([2, 9, 10])]
     save_acquisition_order(tmp_path / "rows.png", rows, first_slice=5)
