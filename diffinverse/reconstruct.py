@@ -543,8 +543,8 @@ def run_options(args: argparse.Namespace, method: _Method) -> dict:
     (retrospective type, requested acceleration and centre fraction, or ``--mask-file`` with the
     SHA-256 of its mask), seed, slices, batch size and the package version. Not the device or
     the output formats. ``--sampler ads``: mask type ``"ads"``, the particle sampler's settings
-    and ``ads`` (particle sampler, particles, entropy kernel and width, acquisition window or
-    ``None`` for the pipeline's by the data's coils, predictions), no
+    and ``ads`` (particle sampler, particles, entropy kernel and width, acquisition window,
+    predictions), no
     batch size (it runs slice by slice, so the batch size changes nothing).
     """
     if args.mask_file is not None:

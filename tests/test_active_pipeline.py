@@ -11,7 +11,7 @@ from diffinverse.metrics import psnr
 from diffinverse.operators.coils import simulate_coil_maps
 from diffinverse.operators.mri import fft2c, to_complex
 from diffinverse.pipelines.active import (
-    WINDOWS,
+    ACTIVE_DEFAULTS,
     active_reconstruct_kspace,
     save_acquisition_order,
 )
@@ -52,7 +52,7 @@ def test_single_coil_lines_mask_and_determinism(single, prior, image):
     assert r.entropies.shape == (lines - 3, N) and torch.isinf(r.entropies[:, list(r.initial_lines)]).all()
     assert r.image.shape == r.std.shape == (1, N, N) and r.complex_image.shape == (1, 2, 1, N, N)
     assert set(r.baselines) == {"zero-filled"} and (r.std > 0).any()
-    assert r.window == WINDOWS["single-coil"] == (0.0, 0.8)              # the default window, by the coils
+    assert r.window == ACTIVE_DEFAULTS["window"] == (0.0, 0.8)             # the run says which window ran
     # one network pass per step of the warm-started grid (the acquisitions reuse the steps' passes)
     assert r.nfe == len(build_sampler("dds", prior, num_steps=STEPS).schedule_for(0.3)) - 1
     again = _run(fft2c(image), prior)
@@ -71,7 +71,6 @@ def test_multicoil_uses_the_centre_coil_maps(prior, image):
     assert int(r.mask.sum()) == round(N / 3) and len(r.initial_lines) == 8 and set(r.baselines) == {"zero-filled",
                                                                                                      "sense"}
     assert psnr(reference=r.baselines["sense"], estimate=r.image) > 25
-    assert r.window == WINDOWS["multi-coil"] == (0.4, 1.0)
 
 
 def test_acquisition_order_png(single, tmp_path):

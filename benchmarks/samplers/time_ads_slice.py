@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("--particles", type=int, default=ACTIVE_DEFAULTS["num_particles"])
     ap.add_argument("--predict", choices=["tweedie", "consistent"], default=ACTIVE_DEFAULTS["predict"],
                     help="ADS's predictions (default: the pipeline's)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=float, nargs=2, default=ACTIVE_DEFAULTS["window"], metavar=("START", "STOP"),
+                    help="ADS's acquisition window (default: the pipeline's)")
+    ap.add_argument("--seed", type=int, default=0, help="slice seed (the tasks' convention: 0 test, 1000 tuning)")
     ap.add_argument("--out", default=None, help="JSON file for the result")
     args = ap.parse_args()
 
@@ -50,12 +52,13 @@ def main() -> None:
     kspace = fft2c(maps * truth)                                           # (C, H, W), fully sampled
     t0 = time.perf_counter()
     rec = active_reconstruct_kspace(kspace, acceleration=args.acceleration, num_particles=args.particles,
-                                    predict=args.predict, generator=torch.Generator().manual_seed(args.seed + 1))
+                                    predict=args.predict, window=tuple(args.window),
+                                    generator=torch.Generator().manual_seed(args.seed + 1))
     seconds = time.perf_counter() - t0
     ref = magnitude(x)[0]
     result = {
         "args": vars(args), "torch": torch.__version__, "machine": platform.machine(),
-        "threads": torch.get_num_threads(), "seconds": round(seconds, 1), "nfe": rec.nfe,
+        "threads": torch.get_num_threads(), "seconds": round(seconds, 1), "nfe": rec.nfe, "window": rec.window,
         "lines": int(rec.mask.sum()), "of": rec.mask.numel(),
         "psnr": psnr(reference=ref, estimate=rec.image[0]), "ssim": ssim(reference=ref, estimate=rec.image[0]),
         "sense_psnr": psnr(reference=ref, estimate=rec.baselines["sense"][0]),

@@ -60,7 +60,6 @@ from diffinverse.samplers.ads import ActiveSubsampling, kspace_line_candidates
 __all__ = [
     "ACTIVE_DEFAULTS",
     "PARTICLE_SAMPLERS",
-    "WINDOWS",
     "ActiveKspaceReconstruction",
     "active_reconstruct_kspace",
     "line_budget",
@@ -68,15 +67,11 @@ __all__ = [
 ]
 
 ACTIVE_DEFAULTS: Mapping[str, object] = MappingProxyType({
-    "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": None, "predict": "consistent"})
+    "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": (0.0, 0.8),
+    "predict": "consistent"})
 """The function's defaults: particle sampler (one of :data:`PARTICLE_SAMPLERS`), particles, entropy
-kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window
-(``None``: :data:`WINDOWS` by the data's coils), and what predicts the lines
-(:class:`~diffinverse.samplers.ads.ActiveSubsampling`'s ``predict``)."""
-WINDOWS: Mapping[str, tuple[float, float]] = MappingProxyType({"single-coil": (0.0, 0.8), "multi-coil": (0.4, 1.0)})
-"""The default acquisition windows (fractions of the run), chosen on tuning slices
-(``benchmarks/samplers/bench_ads.py --seed 1000``): with several coils a later window, when the
-particles' estimates are sharper, spreads the chosen lines; with one coil the official (0, 0.8)."""
+kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window, and
+what predicts the lines (:class:`~diffinverse.samplers.ads.ActiveSubsampling`'s ``predict``)."""
 PARTICLE_SAMPLERS = ("dps", "reddiff", "dds")
 """The pipeline's samplers that can move ADS's particles: those on the pixel prior (not STSL)."""
 
@@ -156,7 +151,7 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
                               sampler: str = "dds", num_steps: int | None = None, sigma_start: float | None = None,
                               cold_start: bool = False, sampler_options: Mapping | None = None,
                               num_particles: int = 8, kernel: Literal["ads", "gmm"] = "ads", s: float = 0.1,
-                              window: tuple[float, float] | None = None,
+                              window: tuple[float, float] = (0.0, 0.8),
                               predict: Literal["tweedie", "consistent"] = "consistent",
                               generator: torch.Generator | None = None,
                               device: str | torch.device | None = None, autocast: bool = False,
@@ -186,10 +181,9 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
             the centre lines).
         num_particles: particles (their disagreement is the entropy), at least 2.
         kernel, s, window, predict: :class:`~diffinverse.samplers.ads.ActiveSubsampling`'s entropy
-            kernel, its width in the scaled units, the acquisition window (``None``:
-            :data:`WINDOWS` by the data's coils), and what predicts the
-            lines (the particles' Tweedie estimates, or those made consistent with the lines
-            measured so far).
+            kernel, its width in the scaled units, the acquisition window, and what predicts the
+            lines (the particles' estimates made consistent with the lines measured so far, or
+            their Tweedie estimates).
         generator: source of all randomness (on ``device``); the same seed gives the same lines.
         device: where to compute (default: ``kspace``'s device).
         autocast: run the network in bfloat16 (the particle sampler's ``autocast``).
@@ -265,8 +259,6 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
     candidates, groups = kspace_line_candidates(tuple(data.shape[1:]))
     # consistent predictions weigh the data as the DDS particles do (--dds-gamma), else as DDS's default
     consistency = {"gamma": particle_sampler.gamma} if isinstance(particle_sampler, DDS) else {}
-    if window is None:
-        window = WINDOWS["multi-coil" if multicoil else "single-coil"]
     ads = ActiveSubsampling(particle_sampler, budget=total - n_low, num_particles=num_particles, window=window,
                             kernel=kernel, s=s, predict=predict, progress=progress, **consistency)
     out = ads(measure, physics_for_mask, candidates.to(device), initial_mask=initial, groups=groups.to(device),
