@@ -348,6 +348,8 @@ class ActiveSubsampling:
                 # the CG weight's unit, ||A||^2 of what the step starts from, kept for its later picks
                 scale = operator_scale(physics, x0_hat) if self.predict == "consistent" else 1.0
                 for k in range(at[i]):          # the at[i] highest entropies, one measurement each
+                    if k and self.predict == "consistent":   # conditioned on this step's picks too
+                        physics = physics_for_mask(mask)
                     if k == 0 or self.predict == "consistent":
                         h = self._entropies(x0_hat, y, physics, scale, full, groups, len(candidates), open_)
                     best = int(h.argmax())
@@ -357,7 +359,7 @@ class ActiveSubsampling:
                     h[best] = -math.inf
                     y = self._measure(measure, candidates[best], y)
                     mask |= candidates[best]
-                    physics = physics_for_mask(mask)
+                physics = physics_for_mask(mask)
                 y_n = y.expand(n, *y.shape[1:])
                 state = sampler.init_state(x, y_n, physics)
             noise = sampler.step_noise(x, generator, sampler.draws_noise(levels[i], levels[i + 1]))
