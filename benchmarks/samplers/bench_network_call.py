@@ -12,10 +12,15 @@ page faults of a call. ``--autocast`` adds both layouts under bf16 autocast (the
 ``--compile`` adds ``torch.compile`` of the prior (compilation time excluded). ``--batch-split``
 instead compares, on batches of 256x256 and 128x128 images, the UNet's default on the CPU (a batch
 split into parts, see ``diffinverse/priors/unet.py``) with one call on the whole batch.
+``--widths W ...`` instead compares untrained UNets of the prior's layout at other widths
+(``base_channels``; the cost does not depend on the weights), channels-last, the prior's own
+width first.
 
 Usage::
 
     python benchmarks/samplers/bench_network_call.py --threads 2 --repeats 5 [--prior ct-ellipses] [--autocast | --batch-split]
+    python benchmarks/samplers/bench_network_call.py --threads 2 --repeats 5 --prior mri-brain-v2 \
+        --widths 16 48 64 --sizes 256x1,64x8
 """
 from __future__ import annotations
 
@@ -54,10 +59,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--prior", default="mri-brain", choices=["mri-brain", "ct-ellipses"])
+    ap.add_argument("--prior", default="mri-brain", choices=["mri-brain", "mri-brain-v2", "ct-ellipses"])
     ap.add_argument("--autocast", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--batch-split", action="store_true")
+    ap.add_argument("--widths", type=int, nargs="+", default=None,
+                    help="compare the prior's width with these base_channels (untrained networks)")
     ap.add_argument("--sizes", default=None,
                     help="SIZExBATCH,... instead of the default problems (e.g. 256x8: malloc's state carries "
                          "over from one problem to the next, so run one per process to see each alone)")
@@ -74,6 +81,18 @@ def main() -> None:
         variants = {"one_call": (prior, torch.channels_last, False, True),
                     "split": (prior, torch.channels_last, False, False)}
         problems = ((256, 8), (256, 4), (128, 16))
+    if args.widths:
+        config = prior.config
+
+        def untrained(width):
+            net = unet.UNet(**{**config, "base_channels": width, "emb_channels": None})
+            return net.to(dev).eval().requires_grad_(False)
+
+        variants = {f"width_{w}": (prior if w == config["base_channels"] else untrained(w), torch.channels_last,
+                                   False, False)
+                    for w in dict.fromkeys([config["base_channels"], *args.widths])}
+        for name, (net, *_) in variants.items():
+            print(f"{name}: {sum(p.numel() for p in net.parameters()):,} parameters")
     if args.autocast:
         variants["contiguous_bf16"] = (prior, torch.contiguous_format, True, False)
         variants["channels_last_bf16"] = (prior, torch.channels_last, True, False)
