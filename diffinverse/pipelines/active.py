@@ -69,9 +69,10 @@ __all__ = [
 ACTIVE_DEFAULTS: Mapping[str, object] = MappingProxyType({
     "sampler": "dds", "num_particles": 8, "kernel": "ads", "s": 0.1, "window": (0.0, 0.8),
     "predict": "consistent"})
-"""The function's defaults: particle sampler (one of :data:`PARTICLE_SAMPLERS`), particles, entropy
-kernel and width (in the scaled units, magnitude's 99.5th percentile = 1), acquisition window, and
-what predicts the lines (:class:`~diffinverse.samplers.ads.ActiveSubsampling`'s ``predict``)."""
+""":func:`active_reconstruct_kspace`'s defaults (its signature reads them from here): particle
+sampler (one of :data:`PARTICLE_SAMPLERS`), particles, entropy kernel and width (in the scaled
+units, magnitude's 99.5th percentile = 1), acquisition window, and what predicts the lines
+(:class:`~diffinverse.samplers.ads.ActiveSubsampling`'s ``predict``)."""
 PARTICLE_SAMPLERS = ("dps", "reddiff", "dds")
 """The pipeline's samplers that can move ADS's particles: those on the pixel prior (not STSL)."""
 
@@ -148,11 +149,14 @@ def line_budget(width: int, *, acceleration: float, center_fraction: float) -> t
 
 def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prior="mri-brain-v2",
                               recon_size: tuple[int, int] | None = None, center_fraction: float | None = None,
-                              sampler: str = "dds", num_steps: int | None = None, sigma_start: float | None = None,
-                              cold_start: bool = False, sampler_options: Mapping | None = None,
-                              num_particles: int = 8, kernel: Literal["ads", "gmm"] = "ads", s: float = 0.1,
-                              window: tuple[float, float] = (0.0, 0.8),
-                              predict: Literal["tweedie", "consistent"] = "consistent",
+                              sampler: str = ACTIVE_DEFAULTS["sampler"], num_steps: int | None = None,
+                              sigma_start: float | None = None, cold_start: bool = False,
+                              sampler_options: Mapping | None = None,
+                              num_particles: int = ACTIVE_DEFAULTS["num_particles"],
+                              kernel: Literal["ads", "gmm"] = ACTIVE_DEFAULTS["kernel"],
+                              s: float = ACTIVE_DEFAULTS["s"],
+                              window: tuple[float, float] = ACTIVE_DEFAULTS["window"],
+                              predict: Literal["tweedie", "consistent"] = ACTIVE_DEFAULTS["predict"],
                               generator: torch.Generator | None = None,
                               device: str | torch.device | None = None, autocast: bool = False,
                               progress: bool = False) -> ActiveKspaceReconstruction:
