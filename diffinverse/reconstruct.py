@@ -332,6 +332,9 @@ def _check_options(args: argparse.Namespace) -> None:
     given_adapt = [f"--adapt-{o}" for o in _ADAPT_OPTIONS if getattr(args, f"adapt_{o}") is not None]
     if given_adapt and not args.adapt:
         raise ConfigError(f"{', '.join(given_adapt)} need(s) --adapt")
+    if args.second_map_set is not None and args.sampler == ACTIVE:
+        raise ConfigError(f"--second-map-set does not apply to --sampler {ACTIVE}: its particles are both map "
+                          f"sets' images wherever the second set is not empty (the fixed masks' 'model')")
     if args.second_map_set is not None and args.sampler not in (*SAMPLER_DEFAULTS, "tv"):
         raise ConfigError(f"--second-map-set applies to tv and the diffusion samplers "
                           f"({', '.join(SAMPLER_DEFAULTS)}), not {args.sampler}")

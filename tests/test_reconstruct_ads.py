@@ -93,6 +93,7 @@ def test_ads_is_deterministic_and_the_particle_sampler_is_chosen(tmp_path, prior
     (["--num-samples", "2"], "--num-samples cannot be used with --sampler ads"),
     (["--warm-start", "tv"], "--warm-start tv cannot be used with --sampler ads"),
     (["--adapt"], "--adapt cannot be used with --sampler ads"),
+    (["--second-map-set", "sense"], "--second-map-set does not apply to --sampler ads"),
     (["--ads-particles", "1"], "--ads-particles must be >= 2"),
     (["--acceleration", "1"], "--sampler ads needs --acceleration > 1"),
     (["--acceleration", "12"], "x.h5: --acceleration 12 with --center-fraction 0.08: acceleration 12 measures 1 "

@@ -9,11 +9,16 @@ callback would drive prospectively. It reuses :mod:`~diffinverse.pipelines.fastm
 2. **Initial lines**: the fully sampled centre, ``round(W * center_fraction)`` columns placed as
    fastMRI's mask functions place them; the remaining ``round(W / acceleration)`` minus those are
    chosen by ADS (one candidate = one phase-encode column, all its readout rows and coils).
-3. **Coil maps** (multi-coil): ESPIRiT from that centre (one map set, the dominant one: the
-   particles are images of one map set; the pipeline's second set, for a field of view that
-   wraps, is not modelled here), with the pipeline's SENSE settings in the forward model.
+3. **Coil maps** (multi-coil): ESPIRiT from that centre, two map sets, with the pipeline's SENSE
+   settings in the forward model. Where the second set is not empty (a field of view that wraps)
+   each particle is the pair of both sets' images, under the prior one by one
+   (:class:`~diffinverse.priors.stack.ImageStackPrior`, one network call on the pair), the second
+   zero outside its maps' support, as the fixed-mask pipeline's ``second_map_set="model"``; the
+   entropies compare the pairs' predicted k-space. Where it is empty, the particles are images of
+   the first set alone.
 4. **Intensity scaling** as the pipeline's: measurements divided by the 99.5th percentile of the
-   centre-only SENSE (single-coil: zero-filled) magnitude, results multiplied back.
+   magnitude of the centre-only SENSE's first-set image (single-coil: zero-filled), results
+   multiplied back.
 5. **Sampling**: ``num_particles`` particles of the particle sampler (DDS by default, with the
    pipeline's :data:`~diffinverse.pipelines.fastmri.SAMPLER_DEFAULTS`: a warm start from the
    centre's SENSE at ``sigma_start``), acquiring lines at evenly spread steps; the image is the
@@ -42,18 +47,20 @@ import torch
 
 from diffinverse._io import atomic_output
 from diffinverse.datasets.fastmri import center_crop
-from diffinverse.imaging import from_prior_range, per_item, to_prior_range
+from diffinverse.imaging import from_prior_range, per_item, prior_range_scale
 from diffinverse.operators.coils import estimate_coil_maps, rss
 from diffinverse.operators.mri import MultiCoilMRI, SingleCoilMRI, ifft2c, to_channels
 from diffinverse.pipelines.fastmri import (
     SENSE_ITERS,
     SENSE_LAMBDA,
     _as_kspace,
+    _rss_maps,
     build_sampler,
     calibration_width,
     crop_readout,
     resolve_start,
 )
+from diffinverse.priors.stack import ImageStackPrior
 from diffinverse.samplers import DDS
 from diffinverse.samplers.ads import ActiveSubsampling, kspace_line_candidates
 
@@ -85,9 +92,11 @@ class ActiveKspaceReconstruction:
         image: ``(1, h, w)`` float32 magnitude of the particles' mean, in the k-space's units,
             centre-cropped to ``recon_size`` (as :class:`~diffinverse.pipelines.fastmri.KspaceReconstruction`).
         std: ``(1, h, w)`` per-pixel standard deviation of the particles' magnitudes (same units).
-        complex_image: ``(1, 2, 1, h, w)`` the particles' mean, channels (real, imaginary), one map set.
+        complex_image: ``(1, 2, M, h, w)`` the particles' mean, channels (real, imaginary), ``M``
+            map sets (2 where the second is not empty, else 1).
         baselines: ``{"zero-filled": (1, h, w)}`` (root-sum-of-squares of the coil images of the
-            chosen lines) and, multi-coil, ``"sense"``: the centre's maps' SENSE of the chosen lines.
+            chosen lines) and, multi-coil, ``"sense"``: the centre's maps' SENSE of the chosen
+            lines (both sets' images, their magnitude together).
         mask: ``(W,)`` float32 0/1 over the phase-encode columns: the chosen mask as fastMRI's
             challenge files store it (``mask`` dataset).
         order: the acquired columns in acquisition order (after the initial centre).
@@ -115,11 +124,6 @@ class ActiveKspaceReconstruction:
     def acceleration(self) -> float:
         """Columns over measured columns."""
         return self.mask.numel() / float(self.mask.sum())
-
-
-def _magnitudes(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 2, H, W)`` or ``(B, 2, M, H, W)`` -> ``(B, H, W)``: the modulus over channels and map sets."""
-    return x.square().flatten(1, x.ndim - 3).sum(1).sqrt()
 
 
 def _centre_lines(w: int, n_low: int) -> torch.Tensor:
@@ -225,6 +229,9 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
 
         with torch.random.fork_rng(devices=[]):   # building the network draws from the global RNG
             prior = load(prior, device=device).eval()
+    multicoil = k.shape[1] > 1
+    if multicoil:
+        prior = ImageStackPrior(prior)     # one image per map set (one set unless the second is not empty)
     particle_sampler = build_sampler(sampler, prior, num_steps=num_steps, sampler_options=sampler_options,
                                      autocast=autocast, progress=False)
     _, sigma_start = resolve_start(particle_sampler, method=sampler, warm_start=None if cold_start else "sense",
@@ -235,14 +242,19 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
     initial_lines = _centre_lines(W, n_low)
     initial = torch.zeros(h, W, dtype=torch.bool, device=device)
     initial[:, initial_lines] = True
-    multicoil = k.shape[1] > 1
+    support = None                      # (1, 1, 2, h, W): where each map set's image is defined
     if multicoil:
         calib = calibration_width(initial.float())
         if calib < 3:
             raise ValueError(f"the centre ({n_low} lines) is too small to estimate coil maps; "
                              "use a larger center_fraction")
-        maps = estimate_coil_maps(k * initial, num_maps=1, calib_width=calib,
+        maps = estimate_coil_maps(k * initial, num_maps=2, calib_width=calib,
                                   kernel_width=min(6, max(2, calib // 2))).to(device=device, dtype=torch.complex64)
+        second_support = maps[:, 1].abs().amax(1) > 0                          # (1, h, W)
+        if second_support.any():
+            support = torch.stack([torch.ones_like(second_support), second_support], dim=1)[:, None].float()
+        else:
+            maps = maps[:, :1]
 
         def physics_for_mask(mask: torch.Tensor, batch: int = num_particles):
             return MultiCoilMRI(mask.float(), maps.expand(batch, *maps.shape[1:]), cg_iters=SENSE_ITERS,
@@ -252,9 +264,12 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
         def physics_for_mask(mask: torch.Tensor, batch: int = num_particles):
             return SingleCoilMRI(mask.float())
         data = to_channels(k[:, 0])                                             # (1, 2, h, W)
+    x_shape = (1, 2, h, W) if support is None else (1, 2, 2, h, W)
 
-    # the pipeline's scaling, from what the centre alone gives (as a prospective run would)
-    _, scale = to_prior_range(physics_for_mask(initial, 1).A_dagger(data * initial))
+    # the pipeline's scaling, from the first set's image of what the centre alone gives (as a
+    # prospective run would)
+    centre = physics_for_mask(initial, 1).A_dagger(data * initial)
+    scale = prior_range_scale(centre if support is None else centre[:, :, 0])
     data = data / per_item(scale, data)
 
     def measure(mask: torch.Tensor) -> torch.Tensor:
@@ -266,19 +281,21 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
     ads = ActiveSubsampling(particle_sampler, budget=total - n_low, num_particles=num_particles, window=window,
                             kernel=kernel, s=s, predict=predict, progress=progress, **consistency)
     out = ads(measure, physics_for_mask, candidates.to(device), initial_mask=initial, groups=groups.to(device),
-              x_shape=(1, 2, h, W), generator=generator)
+              x_shape=x_shape, generator=generator)
 
-    particles = from_prior_range(out.particles, scale.expand(num_particles))   # (N, 2, h, W), data units
+    particles = from_prior_range(out.particles, scale.expand(num_particles))   # (N, *x_shape[1:]), data units
+    if support is not None:
+        particles = particles * support                  # the second image: zero outside its maps, as SENSE's
     mean = particles.mean(0, keepdim=True)
     final = out.mask
     y_c = k * final
     baselines = {"zero-filled": rss(ifft2c(y_c), dim=1)}
     if multicoil:
-        baselines["sense"] = _magnitudes(physics_for_mask(final, 1).A_dagger(to_channels(y_c)))
+        baselines["sense"] = _rss_maps(physics_for_mask(final, 1).A_dagger(to_channels(y_c)))
     crop = lambda t: center_crop(t, (h, w)).float()
     return ActiveKspaceReconstruction(
-        image=crop(_magnitudes(mean)), std=crop(_magnitudes(particles).std(0, keepdim=True)),
-        complex_image=crop(mean)[:, :, None], baselines=MappingProxyType({n: crop(v) for n, v in baselines.items()}),
+        image=crop(_rss_maps(mean)), std=crop(_rss_maps(particles).std(0, keepdim=True)),
+        complex_image=crop(mean if support is not None else mean[:, :, None]), baselines=MappingProxyType({n: crop(v) for n, v in baselines.items()}),
         mask=final[0].float(), order=tuple(out.order), initial_lines=tuple(initial_lines.tolist()),
         entropies=out.entropies, sampler=sampler, nfe=ads.last_nfe, window=tuple(window))
 

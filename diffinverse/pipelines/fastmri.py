@@ -523,8 +523,9 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
 
 
 def _rss_maps(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 2, M, H, W)`` -> ``(B, H, W)``: the magnitude over the channels and the M map sets."""
-    return x.square().flatten(1, 2).sum(1).sqrt()
+    """``(B, 2, M, H, W)`` or ``(B, 2, H, W)`` -> ``(B, H, W)``: the magnitude over the channels and
+    the ``M`` map sets."""
+    return x.square().flatten(1, x.ndim - 3).sum(1).sqrt()
 
 
 def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, sampler, warm_start: str | None,
