@@ -52,7 +52,8 @@ a time):
    ``mask`` as fastMRI stores it, and attributes ``options`` (JSON of :func:`run_options`),
    ``diffinverse_version``, ``acceleration``; with ``--sampler ads``: ``std`` of the particles,
    ``mask`` ``(S, W)``, one row of 0/1 lines per reconstructed slice where fastMRI stores one
-   ``(W,)`` row per file (attribute ``mask_layout = "slices"``; ``--mask-file`` refuses it),
+   ``(W,)`` row per file (attribute ``mask_layout = "slices"``; ``--mask-file`` takes it from a
+   one-slice file only),
    ``order`` ``(S, budget)`` int32, each slice's chosen lines in acquisition order, and the
    acceleration attribute the mean over slices), ``<name>.order.png`` with ``--sampler ads``
    whatever ``--format`` (the acquisition order, one row per slice), optionally

@@ -67,6 +67,15 @@ def test_ads_writes_each_slices_mask_order_and_png(tmp_path, prior, coils, accel
                  "--output", str(tmp_path / "again")]) == 2
 
 
+def test_one_slices_chosen_lines_are_reused_by_mask_file(tmp_path, prior):
+    make_file(tmp_path / "f.h5", slices=1, shape=(16, W), recon=(16, 16))
+    assert main(_ads([tmp_path / "f.h5"], tmp_path / "ads", prior)) == 0
+    chosen = read_h5(tmp_path / "ads" / "f.h5")["mask"]                            # (1, W)
+    assert main([str(tmp_path / "f.h5"), "--sampler", "zero-filled", "--mask-file", str(tmp_path / "ads" / "f.h5"),
+                 "--output", str(tmp_path / "zf")]) == 0
+    assert np.array_equal(read_h5(tmp_path / "zf" / "f.h5")["mask"], chosen[0])
+
+
 def test_ads_is_deterministic_and_the_particle_sampler_is_chosen(tmp_path, prior):
     make_file(tmp_path / "d.h5", slices=2, shape=(16, W), recon=(16, 16))
     runs = []

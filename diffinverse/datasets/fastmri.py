@@ -262,6 +262,9 @@ def _as_numpy(a) -> np.ndarray:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """The ``mask`` dataset of an HDF5 file (a :func:`write_submission` output or a fastMRI file).
 
+    A file with one row of lines per slice (its ``mask_layout`` attribute is ``"slices"``, as
+    ``diffinverse-reconstruct --sampler ads`` writes it) gives its row if it has one slice.
+
     Returns:
         float32 0/1 array, ``(W,)`` (phase-encode lines, fastMRI's layout) or ``(h, W)``.
 
@@ -269,8 +272,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         FileNotFoundError: no such file.
         FastMRIError: not HDF5; no ``mask`` dataset (the datasets present are listed), or a
             group of that name; a mask that is not 1-D or 2-D, holds values other than 0 and 1,
-            or samples nothing; one row per slice (the file's ``mask_layout`` attribute is
-            ``"slices"``, as ``diffinverse-reconstruct --sampler ads`` writes it).
+            or samples nothing; one row per slice for more than one slice.
     """
     path = Path(path)
     if not path.is_file():
@@ -282,10 +284,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             raise FastMRIError(f"{path}: no 'mask' dataset (found: {sorted(f.keys())})")
         if not isinstance(f["mask"], h5py.Dataset):
             raise FastMRIError(f"{path}: 'mask' is an HDF5 group, not a dataset")
-        if f.attrs.get("mask_layout") == "slices":
-            raise FastMRIError(f"{path}: 'mask' holds one row of lines per slice (chosen by --sampler ads), "
-                               f"not one mask for all slices")
         m = np.asarray(f["mask"][()])
+        if f.attrs.get("mask_layout") == "slices":
+            if m.ndim != 2 or m.shape[0] != 1:
+                raise FastMRIError(f"{path}: 'mask' holds one row of lines per slice (chosen by --sampler ads) for "
+                                   f"{m.shape[0] if m.ndim else 0} slices, not one mask for all slices")
+            m = m[0]
     if m.ndim not in (1, 2) or m.size == 0:
         raise FastMRIError(f"{path}: 'mask' must be (W,) lines or an (h, W) array, got shape {m.shape}")
     if not (np.issubdtype(m.dtype, np.number) or m.dtype == bool) or not np.isin(m, (0, 1)).all():
