@@ -58,6 +58,7 @@ from diffinverse.pipelines.fastmri import (
     build_sampler,
     calibration_width,
     crop_readout,
+    map_set_support,
     resolve_start,
 )
 from diffinverse.priors.stack import ImageStackPrior
@@ -242,7 +243,7 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
     initial_lines = _centre_lines(W, n_low)
     initial = torch.zeros(h, W, dtype=torch.bool, device=device)
     initial[:, initial_lines] = True
-    support = None                      # (1, 1, 2, h, W): where each map set's image is defined
+    support = None                      # where the FOV wraps: map_set_support's (1, 1, 2, h, W)
     if multicoil:
         calib = calibration_width(initial.float())
         if calib < 3:
@@ -250,11 +251,11 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
                              "use a larger center_fraction")
         maps = estimate_coil_maps(k * initial, num_maps=2, calib_width=calib,
                                   kernel_width=min(6, max(2, calib // 2))).to(device=device, dtype=torch.complex64)
-        second_support = maps[:, 1].abs().amax(1) > 0                          # (1, h, W)
-        if second_support.any():
-            support = torch.stack([torch.ones_like(second_support), second_support], dim=1)[:, None].float()
-        else:
+        support = map_set_support(maps)
+        if support is None:
             maps = maps[:, :1]
+        else:
+            support = support.float()
 
         def physics_for_mask(mask: torch.Tensor, batch: int = num_particles):
             return MultiCoilMRI(mask.float(), maps.expand(batch, *maps.shape[1:]), cg_iters=SENSE_ITERS,
@@ -295,7 +296,8 @@ def active_reconstruct_kspace(kspace: torch.Tensor, *, acceleration: float, prio
     crop = lambda t: center_crop(t, (h, w)).float()
     return ActiveKspaceReconstruction(
         image=crop(_rss_maps(mean)), std=crop(_rss_maps(particles).std(0, keepdim=True)),
-        complex_image=crop(mean if support is not None else mean[:, :, None]), baselines=MappingProxyType({n: crop(v) for n, v in baselines.items()}),
+        complex_image=crop(mean if support is not None else mean[:, :, None]),
+        baselines=MappingProxyType({n: crop(v) for n, v in baselines.items()}),
         mask=final[0].float(), order=tuple(out.order), initial_lines=tuple(initial_lines.tolist()),
         entropies=out.entropies, sampler=sampler, nfe=ads.last_nfe, window=tuple(window))
 

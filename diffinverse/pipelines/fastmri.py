@@ -69,7 +69,8 @@ from diffinverse.samplers.table import SAMPLERS
 __all__ = ["KspaceReconstruction", "SamplerDefaults", "SAMPLER_DEFAULTS", "BASELINES", "METHODS", "MASK_TYPES",
            "WARM_STARTS", "SECOND_MAP_SETS", "TV_LAMBDA", "SENSE_LAMBDA", "SENSE_ITERS", "MAX_CALIB",
            "reconstruct_kspace", "resolve_second_map_set", "build_sampler", "resolve_start", "retrospective_mask",
-           "max_acceleration", "acceleration_of", "crop_readout", "calibration_width"]
+           "max_acceleration", "acceleration_of", "crop_readout", "calibration_width",
+           "map_set_support"]
 
 
 @dataclass(frozen=True)
@@ -522,6 +523,25 @@ def reconstruct_kspace(kspace: torch.Tensor, mask: torch.Tensor | None = None, *
         mask=mask, method=method, nfe=sampler.last_nfe if sampler is not None else 0)
 
 
+def map_set_support(maps: torch.Tensor) -> torch.Tensor | None:
+    """Where each of two ESPIRiT map sets' images is defined, or ``None`` if the second set is empty.
+
+    The second map set is non-zero only where the field of view wraps (often nowhere); its image
+    is defined there and zero elsewhere, as SENSE's.
+
+    Args:
+        maps: ``(B, 2, C, h, W)`` complex coil maps of two map sets.
+
+    Returns:
+        ``(B, 1, 2, h, W)`` bool (the first set everywhere, the second where its maps are non-zero),
+        broadcasting over a ``(B, 2, 2, h, W)`` image pair; ``None`` if no slice has a second set.
+    """
+    second = maps[:, 1].abs().amax(1) > 0                                      # (B, h, W)
+    if not bool(second.any()):
+        return None
+    return torch.stack([torch.ones_like(second), second], dim=1)[:, None]
+
+
 def _rss_maps(x: torch.Tensor) -> torch.Tensor:
     """``(B, 2, M, H, W)`` or ``(B, 2, H, W)`` -> ``(B, H, W)``: the magnitude over the channels and
     the ``M`` map sets."""
@@ -555,13 +575,11 @@ def _reconstruct(k: torch.Tensor, mask: torch.Tensor, calib: int, method: str, s
             return {**out, "image": out["sense"], "std": None, "complex": x_sense}
         if method == "zero-filled":
             return {**out, "image": out["zero-filled"], "std": None, "complex": None}
-        # the second map set is non-zero only where the field of view wraps (often nowhere)
-        second_support = maps[:, 1].abs().amax(1) > 0                  # (B, h, W)
-        if model_second and bool(second_support.any()):
-            # both images under the model, (B, 2, 2, h, W); the second is defined only where its
-            # maps are non-zero, and zero elsewhere (as in SENSE): support (B, 1, 2, h, W)
+        support = map_set_support(maps) if model_second else None
+        if support is not None:
+            # both images under the model, (B, 2, 2, h, W), the second zero outside its support
             physics, x0, second = MultiCoilMRI(mask, maps, **cg), x_sense, None
-            support = torch.stack([torch.ones_like(second_support), second_support], dim=1)[:, None].to(x0.dtype)
+            support = support.to(x0.dtype)
         else:
             # the first map set's image from the data less the k-space of SENSE's second-set image
             second, support = x_sense[:, :, 1], None
