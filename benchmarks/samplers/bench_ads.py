@@ -15,10 +15,13 @@ ones); sinogram noise 0.01 times the full sinogram's largest value.
 
 Every mask is reconstructed by the same particle sampler (DDS from a cold start over
 ``--steps`` steps, ``--gamma``, ``--particles``
-particles, their mean) with the same generator seed; ADS's own reconstruction is the particle
-mean at the end of its run; ``--predict`` chooses ADS's predictions (made consistent with the
-measurements, the default, or the paper's Tweedie estimates). Reported per method: mean and standard deviation over slices of
-PSNR/SSIM, the per-slice wins of ADS (PSNR and SSIM), mean wall time and network passes.
+particles, their mean) with the same generator seed; ADS's own reconstruction (``ads``) is the
+particle mean at the end of its run, whose particles saw each line only from the step it was
+acquired; ``ads_mask`` is ADS's final mask reconstructed as the fixed masks are (all its lines
+from the first step), which compares the masks alone. ``--predict`` chooses ADS's predictions
+(made consistent with the measurements, the default, or the paper's Tweedie estimates). Reported
+per method: mean and standard deviation over slices of PSNR/SSIM, the per-slice wins of ``ads``
+and ``ads_mask`` over the fixed masks (PSNR and SSIM), mean wall time and network passes.
 
 Usage:
     python benchmarks/samplers/bench_ads.py --modality mri --coils 1 --slices 6 --size 32 --accelerations 4 8
@@ -132,11 +135,15 @@ def _summary(rows: list[dict], methods: list[str], accelerations: list[int]) -> 
                         "ssim": statistics.mean(ss), "ssim_sd": statistics.stdev(ss) if len(ss) > 1 else 0.0,
                         "seconds": statistics.mean(r[m]["seconds"] for r in rs),
                         "nfe": statistics.mean(r[m]["nfe"] for r in rs)}
-        for i, key in ((0, "psnr"), (1, "ssim")):
-            entry[f"ads_wins_{key}"] = {m: sum(r["ads"]["psnr_ssim"][i] > r[m]["psnr_ssim"][i] for r in rs)
-                                        for m in methods[1:]}
-        entry["ads_minus_psnr"] = {m: statistics.mean(r["ads"]["psnr_ssim"][0] - r[m]["psnr_ssim"][0] for r in rs)
-                                   for m in methods[1:]}
+        for ours in ("ads", "ads_mask"):
+            others = [m for m in methods if m not in ("ads", "ads_mask")]
+            if ours not in methods or not others:
+                continue
+            for i, key in ((0, "psnr"), (1, "ssim")):
+                entry[f"{ours}_wins_{key}"] = {m: sum(r[ours]["psnr_ssim"][i] > r[m]["psnr_ssim"][i] for r in rs)
+                                               for m in others}
+            entry[f"{ours}_minus_psnr"] = {m: statistics.mean(r[ours]["psnr_ssim"][0] - r[m]["psnr_ssim"][0]
+                                                              for r in rs) for m in others}
         entry["slices"] = len(rs)
         summary[accel] = entry
     return summary
@@ -175,7 +182,7 @@ def main() -> None:
     sampler = DDS(prior, num_steps=args.steps, gamma=gamma, eta=1.0 if ct_mode else 0.85, sigma_start=None,
                   progress=False)
     fixed = ["equispaced", "random"] + ([] if ct_mode else ["paper_baseline", "central"])
-    methods = ["ads"] + ([] if args.ads_only else fixed)
+    methods = ["ads"] + ([] if args.ads_only else ["ads_mask", *fixed])
     rows = []
     for s in range(args.slices):
         for accel in args.accelerations:
@@ -193,7 +200,7 @@ def main() -> None:
                       x_shape=tuple(x.shape), generator=torch.Generator().manual_seed(s))
             row["ads"] = {"psnr_ssim": image_scores(x, out.mean)[0], "seconds": time.perf_counter() - t,
                           "nfe": ads.last_nfe, "order": list(out.order)}
-            for name, mask in masks.items():
+            for name, mask in {"ads_mask": out.mask, **masks}.items():
                 if name not in methods:
                     continue
                 physics = physics_for_mask(mask)
