@@ -78,7 +78,7 @@ def test_a_wrapped_field_of_view_gets_both_map_sets_images(prior):
     ESPIRiT finds a second map set, and the particles are both sets' images, the second zero
     outside its maps, as the fixed-mask pipeline's ``second_map_set="model"``. Against the fully
     sampled root-sum-of-squares, the particles' mean beats SENSE (both sets) of the chosen lines
-    and reaches 31 dB, which particles of the first set's image alone do not reach here."""
+    and reaches 31 dB (the first set's image alone cannot explain the folded part)."""
     from diffinverse.operators.coils import estimate_coil_maps, rss
     from diffinverse.operators.mri import ifft2c
     from test_map_sets import wrapped_kspace
