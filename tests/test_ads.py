@@ -39,6 +39,22 @@ def test_entropy_estimates_rank_candidates_as_the_exact_gaussian_entropies(kerne
     assert h.argmax() == exact.argmax() and torch.equal(h.argsort(), exact.argsort())
 
 
+@pytest.mark.parametrize("shape, axis", [((2, 3, 6, 5), 3), ((1, 7, 4), 1)])
+def test_one_axis_grouping_gives_the_same_distances_as_any_grouping(shape, axis):
+    """Candidates along one axis (k-space columns, sinogram rows) take a Gram-matrix path; it must
+    give the per-entry path's pairwise distances, entries of no candidate (-1) left out."""
+    from diffinverse.samplers.ads import _grouping_axis, _pair_distances, _pair_distances_along
+
+    g = torch.Generator().manual_seed(0)
+    predicted = 50 + torch.randn(5, *shape, generator=g)                  # an offset: G_ii + G_jj - 2 G_ij cancels
+    ids = torch.tensor([0, 2, -1, 1, 2, 0, 1][:shape[axis]])
+    groups = ids.reshape([-1 if d == axis else 1 for d in range(len(shape))]).expand(shape).clone()
+    assert _grouping_axis(groups) == axis
+    torch.testing.assert_close(_pair_distances_along(predicted, groups, 3, axis),
+                               _pair_distances(predicted, groups, 3), rtol=1e-10, atol=1e-10)
+    assert _grouping_axis(torch.arange(12).reshape(1, 3, 4)) is None       # pixels: ids vary along two axes
+
+
 def _gaussian_prior():
     """One Gaussian on 4 x 4 images with correlated pixels whose standard deviations grow by 1.25x
     from one to the next (so that the exact greedy choices win by clear margins, checked below)."""

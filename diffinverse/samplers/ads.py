@@ -108,22 +108,59 @@ def candidate_entropies(predicted: torch.Tensor, groups: torch.Tensor, num_candi
         raise ValueError(f"kernel must be 'ads' or 'gmm', got {kernel!r}")
     if groups.shape != predicted.shape[1:]:
         raise ValueError(f"groups has shape {tuple(groups.shape)}, the measurements {tuple(predicted.shape[1:])}")
+    axis = _grouping_axis(groups)
+    if axis is None:
+        d2 = _pair_distances(predicted, groups.to(predicted.device), num_candidates)
+    else:
+        d2 = _pair_distances_along(predicted, groups.to(predicted.device), num_candidates, axis)
+    sign = 1.0 if kernel == "ads" else -1.0
+    lse = torch.logsumexp(sign * d2 / (2 * s**2), dim=1)        # (N, L)
+    return lse.sum(0) if kernel == "ads" else -lse.mean(0)
+
+
+def _grouping_axis(groups: torch.Tensor) -> int | None:
+    """The one axis along which the candidate ids vary (k-space columns, sinogram rows), or None."""
+    varying = [d for d in range(groups.ndim)
+               if groups.shape[d] > 1 and not torch.equal(groups, groups.narrow(d, 0, 1).expand_as(groups))]
+    return varying[0] if len(varying) == 1 else None
+
+
+def _pair_distances(predicted: torch.Tensor, groups: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """``d2[i, j, l] = ||P_l (y_i - y_j)||^2``, ``(N, N, L)`` float64, for any grouping: one particle
+    ``i`` and a chunk of entries at a time (memory about N x CHUNK, whatever the measurements' size)."""
     n = predicted.shape[0]
-    y = predicted.reshape(n, -1)
-    gid = groups.reshape(-1).to(y.device)
+    y, gid = predicted.reshape(n, -1), groups.reshape(-1)
     keep = gid >= 0
     y, gid = y[:, keep], gid[keep]
-    # d2[i, j, l] = ||P_l (y_i - y_j)||^2 in float64, one particle i and a chunk of entries at a
-    # time (memory about N x CHUNK, whatever the measurements' size)
     d2 = torch.zeros(n, n, num_candidates, dtype=torch.float64, device=y.device)
     chunk = max(1, _ENTROPY_CHUNK // n)
     for start in range(0, y.shape[1], chunk):
         part, part_gid = y[:, start:start + chunk].double(), gid[start:start + chunk]
         for i in range(n):
             d2[i].index_add_(1, part_gid, (part[i] - part).square())
-    sign = 1.0 if kernel == "ads" else -1.0
-    lse = torch.logsumexp(sign * d2 / (2 * s**2), dim=1)        # (N, L)
-    return lse.sum(0) if kernel == "ads" else -lse.mean(0)
+    return d2
+
+
+def _pair_distances_along(predicted: torch.Tensor, groups: torch.Tensor, num_candidates: int,
+                          axis: int) -> torch.Tensor:
+    """:func:`_pair_distances` when the ids vary along one ``axis`` of the measurements only: per
+    position ``e`` on that axis the Gram matrix ``G_e = Y_e Y_e^T`` of the particles (batched
+    products over chunks of the other entries, memory about CHUNK float64s), ``||y_i - y_j||^2 =
+    G_ii + G_jj - 2 G_ij`` in float64, then summed into the candidates."""
+    n, size = predicted.shape[0], predicted.shape[axis + 1]
+    y = predicted.movedim(axis + 1, -1).reshape(n, -1, size)                                 # (N, R, E)
+    gid = groups.movedim(axis, -1).reshape(-1, size)[0]                                      # (E,)
+    gram = torch.zeros(size, n, n, dtype=torch.float64, device=y.device)
+    chunk = max(1, _ENTROPY_CHUNK // (n * size))
+    for start in range(0, y.shape[1], chunk):
+        part = y[:, start:start + chunk].double()
+        gram += torch.einsum("nre,mre->enm", part, part)                                     # (E, N, N)
+    sq = torch.diagonal(gram, dim1=1, dim2=2)                                                # (E, N)
+    d2_e = (sq[:, :, None] + sq[:, None, :] - 2 * gram).clamp_min(0)
+    keep = gid >= 0
+    d2 = torch.zeros(num_candidates, n, n, dtype=torch.float64, device=y.device)
+    d2.index_add_(0, gid[keep], d2_e[keep])
+    return d2.permute(1, 2, 0)
 
 
 def _warn_if_saturated(h: torch.Tensor, s: float) -> None:
