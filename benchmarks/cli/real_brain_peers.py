@@ -77,7 +77,8 @@ class DeepinvInThePipeline:
             if self.method == "hqs":
                 out = run_hqs(self.prior, y, physics, **self.params)
             elif self.method == "diffpir":
-                out = run_diffpir(TASKS["mri_8coil_4x_random"], self.prior, y, physics, physics.A_dagger(y),
+                # x_like only gives the image's shape: A^H y, not a second SENSE solve (DiffPIR runs one)
+                out = run_diffpir(TASKS["mri_8coil_4x_random"], self.prior, y, physics, physics.A_adjoint(y),
                                   **self.params)
             else:
                 out = deepinv_dps(self.prior, self.params["steps"], y, physics, SAMPLER_SEED, self.params["weight"])

@@ -135,8 +135,8 @@ def _summary(rows: list[dict], methods: list[str], accelerations: list[int]) -> 
                         "ssim": statistics.mean(ss), "ssim_sd": statistics.stdev(ss) if len(ss) > 1 else 0.0,
                         "seconds": statistics.mean(r[m]["seconds"] for r in rs),
                         "nfe": statistics.mean(r[m]["nfe"] for r in rs)}
+        others = [m for m in methods if m not in ("ads", "ads_mask")]
         for ours in ("ads", "ads_mask"):
-            others = [m for m in methods if m not in ("ads", "ads_mask")]
             if ours not in methods or not others:
                 continue
             for i, key in ((0, "psnr"), (1, "ssim")):
